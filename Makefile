@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	$$p -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test lint bench clean
+
+# Set-up only; idempotent (re-installs when pyproject.toml changes).
+.venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required (python3.11 or python3.12)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# API on http://127.0.0.1:$${TUNEQ_PORT:-8000} plus one worker, on SQLite and an embedded Redis under ./var/.
+run: $(STAMP)
+	$(BIN)/tuneq run
+
+lint: $(STAMP)
+	$(BIN)/ruff check app workers tests bench migrations
+	$(BIN)/mypy app workers
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

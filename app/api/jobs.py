@@ -1,0 +1,133 @@
+"""Job routes: HTTP only (parse → service → response)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from app.api.deps import CallerDep, SessionDep, SettingsDep
+from app.api.responses import JSON
+from app.db import session_scope
+from app.schemas.jobs import EventList, JobCreate, JobList, JobRead
+from app.services import jobs as jobs_service
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+TERMINAL_EVENTS = {"succeeded", "failed", "cancelled"}
+POLL_SECONDS = 0.2
+
+
+@router.post("/jobs", status_code=201, response_model=JobRead)
+def create_job(
+    body: JobCreate,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    caller.require("jobs:write")
+    job, replayed = jobs_service.submit(
+        session, caller=caller, body=body, spec=body.spec.model_dump(mode="json"), kind=body.kind,
+        idempotency_key=idempotency_key, settings=settings,
+    )
+    return JSON(job, status_code=201, headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+
+@router.get("/jobs", response_model=JobList)
+def list_jobs(
+    caller: CallerDep,
+    session: SessionDep,
+    kind: str | None = None,
+    status: Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+    created_after: datetime | None = None,
+    label: Annotated[str | None, Query(description="name:value")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> Response:
+    data, has_more, next_cursor = jobs_service.list_jobs(
+        session, team_id=caller.team_id, kind=kind, status=status, created_after=created_after, label=label,
+        limit=limit, cursor=cursor,
+    )
+    return JSON({"data": data, "has_more": has_more, "next_cursor": next_cursor})
+
+
+@router.get("/jobs/{job_id}", response_model=JobRead)
+def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> Response:
+    return JSON(jobs_service.get(session, team_id=caller.team_id, job_id=job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobRead)
+def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> Response:
+    caller.require("jobs:write")
+    return JSON(jobs_service.cancel(session, team_id=caller.team_id, job_id=job_id))
+
+
+def _events_page(team_id: str, job_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    with session_scope() as session:
+        return jobs_service.list_events(session, team_id=team_id, job_id=job_id, after=after, limit=limit)
+
+
+def _job(team_id: str, job_id: str) -> dict[str, Any]:
+    with session_scope() as session:
+        return jobs_service.get(session, team_id=team_id, job_id=job_id)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_model=EventList,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "JSON page, or SSE when asked"}},
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    caller: CallerDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> Response:
+    """A page of events after `after`; with `Accept: text/event-stream`, a live stream until the job ends."""
+    start = last_event_id if last_event_id is not None else after
+    first, has_more = await run_in_threadpool(_events_page, caller.team_id, job_id, start, limit)
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return JSON({"data": first, "has_more": has_more, "next_cursor": first[-1]["seq"] if has_more else None})
+
+    async def stream() -> AsyncIterator[dict[str, Any]]:
+        batch, last = first, start
+        while True:
+            for event in batch:
+                last = event["seq"]
+                yield {"id": str(last), "event": event["type"], "data": orjson.dumps(event).decode()}
+                if event["type"] in TERMINAL_EVENTS:
+                    return
+            if not batch and jobs_service.is_terminal(await run_in_threadpool(_job, caller.team_id, job_id)):
+                # Ended before `last`: re-check once so a final event is never missed.
+                batch, _ = await run_in_threadpool(_events_page, caller.team_id, job_id, last, 1000)
+                if not batch:
+                    return
+                continue
+            await asyncio.sleep(POLL_SECONDS)
+            batch, _ = await run_in_threadpool(_events_page, caller.team_id, job_id, last, 1000)
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+@router.get("/jobs/{job_id}/wait", response_model=JobRead)
+async def wait_for_job(
+    job_id: str, caller: CallerDep, timeout: Annotated[float, Query(ge=0, le=120)] = 30
+) -> Response:
+    """Long-poll: answers as soon as the job ends, or with its current state after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = await run_in_threadpool(_job, caller.team_id, job_id)
+        if jobs_service.is_terminal(job) or time.monotonic() >= deadline:
+            return JSON(job)
+        await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,151 @@
+"""create_app(): routers, error handlers, body limit, and the lifespan that runs the reaper."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api import health, jobs
+from app.api.responses import problem
+from app.db import get_engine, session_scope
+from app.errors import PayloadTooLarge, TuneqError
+from app.services import jobs as jobs_service
+from app.services.auth import KeyCache
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("tuneq.api")
+
+
+class BodyLimit:
+    """Refuse bodies over the limit before they are read whole (chunked uploads included)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/v1/files"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+        seen = 0
+        refused = False
+
+        async def limited() -> Message:
+            # Past the limit: answer 413 ourselves and tell the app the client went away.
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                refused = True
+                await self._refuse(scope, receive, send)
+                return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited, guarded_send)
+
+    def _detail(self) -> str:
+        return f"The request body is larger than {self.max_bytes} bytes; send less (TUNEQ_MAX_BODY_BYTES)."
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(413, PayloadTooLarge.title, self._detail(), code=PayloadTooLarge.code)
+        await response(scope, receive, send)
+
+
+def _loc(error: dict[str, Any]) -> list[Any]:
+    loc = list(error.get("loc", ()))
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append("kind")
+    return loc
+
+
+def _validation_problem(exc: RequestValidationError) -> Response:
+    errors = [{"loc": _loc(e), "msg": e.get("msg", "")} for e in exc.errors()]
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx") or {}
+        detail = f"The request body is not valid JSON ({ctx.get('error', 'decode error')} at character {_loc(first)[-1]})."
+        return problem(400, "Malformed JSON", detail, code="malformed_json", errors=errors)
+    where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    detail = f"{where}: {errors[0]['msg'] if errors else 'invalid'}{more}"
+    return problem(422, "Invalid request", detail, code="invalid_request", errors=errors)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TuneqError)
+    async def _domain(_: Request, exc: TuneqError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return problem(exc.status, exc.title, exc.detail, code=exc.code, errors=exc.errors, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        return _validation_problem(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> Response:
+        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        return problem(exc.status_code, title, detail, code=title.lower().replace(" ", "_"))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "Internal error", "Something went wrong on our side; the error was logged.",
+                       code="internal_error")
+
+
+class Reaper(threading.Thread):
+    """Recovers lost work every few seconds (DESIGN.md §2). Safe to run in several API processes."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="tuneq-reaper", daemon=True)
+        self.settings = settings
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.settings.reaper_interval_seconds):
+            try:
+                with session_scope() as session:
+                    jobs_service.run_reaper(session, self.settings)
+            except Exception:
+                log.exception("reaper pass failed; trying again next interval")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        get_engine()
+        reaper = Reaper(settings)
+        if settings.run_reaper:
+            reaper.start()
+        yield
+        reaper.stopping.set()
+
+    app = FastAPI(title="tuneq", version="0.1.0", lifespan=lifespan,
+                  description="Fine-tuning jobs for Qwen3 with LoRA on Tinker.")
+    app.state.key_cache = KeyCache(settings.key_cache_seconds)
+    _install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,25 @@
+"""Typed SQLAlchemy models, one table per module."""
+
+from app.models.api_key import ApiKey
+from app.models.artifact import Artifact
+from app.models.base import Base, new_id, utcnow
+from app.models.checkpoint import Checkpoint
+from app.models.job import ACTIVE_STATUSES, TERMINAL_STATUSES, Job
+from app.models.job_event import JobEvent
+from app.models.metric import Metric
+from app.models.team import Team
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "TERMINAL_STATUSES",
+    "ApiKey",
+    "Artifact",
+    "Base",
+    "Checkpoint",
+    "Job",
+    "JobEvent",
+    "Metric",
+    "Team",
+    "new_id",
+    "utcnow",
+]

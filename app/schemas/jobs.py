@@ -1,0 +1,81 @@
+"""Request and response models for jobs. Specs per kind form a discriminated union on `kind`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Label = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobCreateBase(StrictModel):
+    labels: dict[Label, Label] = Field(default_factory=dict, max_length=50)
+    depends_on: list[str] = Field(default_factory=list, max_length=50, description="Job ids that must succeed first")
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
+
+
+class TestJobSpec(StrictModel):
+    """A job that only exercises the machinery (enabled by TUNEQ_ENABLE_TEST_JOBS)."""
+
+    steps: int = Field(default=1, ge=0, le=100_000)
+    step_seconds: float = Field(default=0.0, ge=0, le=600)
+    fail_with: str | None = Field(default=None, max_length=500, description="Fail with this message")
+
+
+class TestJobCreate(JobCreateBase):
+    kind: Literal["test"]
+    spec: TestJobSpec = Field(default_factory=TestJobSpec)
+
+
+JobCreate = Annotated[TestJobCreate, Field(discriminator="kind")]
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    user_error: bool
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobRead(BaseModel):
+    id: str
+    kind: str
+    status: Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"]
+    spec: dict[str, Any]
+    labels: dict[str, str]
+    depends_on: list[str]
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: JobError | None
+    attempt: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+
+
+class JobList(BaseModel):
+    data: list[JobRead]
+    has_more: bool
+    next_cursor: str | None
+
+
+class EventRead(BaseModel):
+    seq: int
+    type: str
+    attempt: int
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventList(BaseModel):
+    data: list[EventRead]
+    has_more: bool
+    next_cursor: int | None

@@ -1,0 +1,205 @@
+"""Job rules and queries: submit (with idempotency), read, list, cancel, events."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.models import TERMINAL_STATUSES, Job, JobEvent, new_id, utcnow
+from app.queue import enqueue
+from app.schemas.jobs import JobCreateBase
+from app.services import transitions
+from app.services.auth import Caller
+from app.settings import Settings
+
+JOB_COLUMNS = (
+    Job.id, Job.kind, Job.status, Job.spec, Job.labels, Job.depends_on, Job.progress, Job.result, Job.error,
+    Job.attempt, Job.max_attempts, Job.created_at, Job.started_at, Job.finished_at, Job.cancel_requested_at,
+)
+_TIMES = ("created_at", "started_at", "finished_at", "cancel_requested_at")
+EVENT_COLUMNS = (JobEvent.seq, JobEvent.type, JobEvent.attempt, JobEvent.data, JobEvent.created_at)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_to_dict(row: Any) -> dict[str, Any]:
+    data = row._asdict()
+    for name in _TIMES:
+        data[name] = _iso(data[name])
+    return data
+
+
+def event_to_dict(row: Any) -> dict[str, Any]:
+    data = row._asdict()
+    data["created_at"] = _iso(data["created_at"])
+    return data
+
+
+def request_hash(body: JobCreateBase) -> str:
+    return hashlib.sha256(orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _replay(session: Session, team_id: str, key: str, body_hash: str) -> dict[str, Any] | None:
+    row = session.execute(
+        select(Job.id, Job.request_hash).where(Job.team_id == team_id, Job.idempotency_key == key)
+    ).first()
+    if row is None:
+        return None
+    if row.request_hash != body_hash:
+        raise InvalidRequest(
+            f"Idempotency-Key '{key}' was already used with a different request body; "
+            "use a new key for a new job.",
+            errors=[{"loc": ["header", "Idempotency-Key"], "msg": "reused with a different body"}],
+        )
+    return get(session, team_id=team_id, job_id=row.id)
+
+
+def _check_dependencies(session: Session, team_id: str, depends_on: list[str]) -> bool:
+    """True when every dependency already succeeded; 422 when one is unknown or failed."""
+    found = dict(
+        session.execute(select(Job.id, Job.status).where(Job.team_id == team_id, Job.id.in_(depends_on)))
+        .tuples()
+        .all()
+    )
+    for i, dep in enumerate(depends_on):
+        status = found.get(dep)
+        if status is None:
+            raise InvalidRequest(f"depends_on[{i}]: no job {dep} in your team.",
+                                 errors=[{"loc": ["body", "depends_on", i], "msg": "unknown job"}])
+        if status in ("failed", "cancelled"):
+            raise InvalidRequest(f"depends_on[{i}]: job {dep} is {status}, so this job could never start.",
+                                 errors=[{"loc": ["body", "depends_on", i], "msg": f"job is {status}"}])
+    return all(found[d] == "succeeded" for d in depends_on)
+
+
+def submit(
+    session: Session,
+    *,
+    caller: Caller,
+    body: JobCreateBase,
+    spec: dict[str, Any],
+    kind: str,
+    idempotency_key: str | None,
+    settings: Settings,
+) -> tuple[dict[str, Any], bool]:
+    """Create a job, commit, then send its wake-up. Returns (job, replayed)."""
+    if kind == "test" and not settings.enable_test_jobs:
+        raise InvalidRequest("Job kind 'test' is disabled on this server (TUNEQ_ENABLE_TEST_JOBS).",
+                             errors=[{"loc": ["body", "kind"], "msg": "disabled"}])
+    body_hash = request_hash(body)
+    if idempotency_key:
+        replay = _replay(session, caller.team_id, idempotency_key, body_hash)
+        if replay is not None:
+            return replay, True
+
+    ready = _check_dependencies(session, caller.team_id, body.depends_on)
+    now = utcnow()
+    status = "queued" if ready else "pending"
+    job_id = new_id("job")
+    try:
+        session.execute(
+            insert(Job).values(
+                id=job_id, team_id=caller.team_id, kind=kind, status=status, spec=spec, labels=body.labels,
+                depends_on=body.depends_on, attempt=0, max_attempts=body.max_attempts or settings.max_attempts,
+                lease_token=0, event_seq=1, idempotency_key=idempotency_key, request_hash=body_hash,
+                created_at=now, updated_at=now, enqueued_at=now if ready else None,
+            )
+        )
+        session.execute(insert(JobEvent).values(job_id=job_id, seq=1, type=status, attempt=0, data={},
+                                                created_at=now))
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        session.rollback()
+        replay = _replay(session, caller.team_id, idempotency_key or "", body_hash) if idempotency_key else None
+        if replay is None:
+            raise Conflict("A request with this Idempotency-Key is in progress; retry shortly.") from None
+        return replay, True
+    if ready:
+        enqueue(job_id, kind)
+    return get(session, team_id=caller.team_id, job_id=job_id), False
+
+
+def get(session: Session, *, team_id: str, job_id: str) -> dict[str, Any]:
+    row = session.execute(select(*JOB_COLUMNS).where(Job.id == job_id, Job.team_id == team_id)).first()
+    if row is None:
+        raise NotFound(f"No job {job_id} in your team.")
+    return job_to_dict(row)
+
+
+def list_jobs(
+    session: Session,
+    *,
+    team_id: str,
+    kind: str | None = None,
+    status: str | None = None,
+    created_after: datetime | None = None,
+    label: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], bool, str | None]:
+    """Newest first. Ids are time-ordered, so the cursor is the last id seen."""
+    query = select(*JOB_COLUMNS).where(Job.team_id == team_id)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if status:
+        query = query.where(Job.status == status)
+    if created_after:
+        query = query.where(Job.created_at > created_after)
+    if label:
+        name, sep, value = label.partition(":")
+        if not sep:
+            raise InvalidRequest("label must look like 'name:value'.",
+                                 errors=[{"loc": ["query", "label"], "msg": "expected name:value"}])
+        query = query.where(Job.labels[name].as_string() == value)
+    if cursor:
+        query = query.where(Job.id < cursor)
+    rows = session.execute(query.order_by(Job.id.desc()).limit(limit + 1)).all()
+    has_more = len(rows) > limit
+    data = [job_to_dict(r) for r in rows[:limit]]
+    return data, has_more, (data[-1]["id"] if has_more else None)
+
+
+def cancel(session: Session, *, team_id: str, job_id: str) -> dict[str, Any]:
+    job = get(session, team_id=team_id, job_id=job_id)
+    if job["status"] in ("succeeded", "failed"):
+        raise Conflict(f"Job {job_id} already {job['status']}; there is nothing to cancel.")
+    transitions.request_cancel(session, job_id)
+    session.commit()
+    return get(session, team_id=team_id, job_id=job_id)
+
+
+def list_events(
+    session: Session, *, team_id: str, job_id: str, after: int = 0, limit: int = 100
+) -> tuple[list[dict[str, Any]], bool]:
+    if session.execute(select(Job.id).where(Job.id == job_id, Job.team_id == team_id)).first() is None:
+        raise NotFound(f"No job {job_id} in your team.")
+    rows = session.execute(
+        select(*EVENT_COLUMNS).where(JobEvent.job_id == job_id, JobEvent.seq > after)
+        .order_by(JobEvent.seq).limit(limit + 1)
+    ).all()
+    return [event_to_dict(r) for r in rows[:limit]], len(rows) > limit
+
+
+def is_terminal(job: dict[str, Any]) -> bool:
+    return job["status"] in TERMINAL_STATUSES
+
+
+def run_reaper(session: Session, settings: Settings) -> int:
+    """One reaper pass: recover lost work, then send wake-ups after the commit."""
+    to_enqueue = transitions.reap(
+        session, lease_seconds=settings.lease_seconds, requeue_after_seconds=settings.requeue_after_seconds
+    )
+    session.commit()
+    for job_id, kind in to_enqueue:
+        enqueue(job_id, kind)
+    return len(to_enqueue)

@@ -1,0 +1,262 @@
+"""Every job status change, as compare-and-set UPDATEs (DESIGN.md §2–3).
+
+Each change bumps `job.event_seq` in the same UPDATE that checks the expected state, then appends
+its events with those sequence numbers, all in the caller's transaction. A write made by a worker
+also matches its `lease_token`: zero rows means the lease moved on, and the worker must stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Job, JobEvent, utcnow
+
+Event = tuple[str, dict[str, Any]]
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the job; it must stop without writing anything else."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    team_id: str
+    kind: str
+    spec: dict[str, Any]
+    token: int
+    attempt: int
+    max_attempts: int
+
+
+def error_body(code: str, message: str, *, user_error: bool, details: dict[str, Any] | None = None) -> dict:
+    return {"code": code, "message": message, "user_error": user_error, "details": details or {}}
+
+
+def _change(
+    session: Session,
+    job_id: str,
+    where: list[ColumnElement[bool]],
+    values: dict[str, Any],
+    events: list[Event],
+    now: datetime,
+) -> Any:
+    """Apply `values` if `where` holds and append `events`; return the updated row or None."""
+    n = len(events)
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, *where)
+        .values(**values, updated_at=now, event_seq=Job.event_seq + n)
+        .returning(Job.event_seq, Job.attempt, Job.max_attempts, Job.team_id, Job.kind, Job.spec,
+                   Job.lease_token, Job.cancel_requested_at)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(stmt).first()
+    if row is None or not events:
+        return row
+    first = row.event_seq - n + 1
+    session.execute(
+        insert(JobEvent),
+        [
+            {"job_id": job_id, "seq": first + i, "type": t, "data": d, "attempt": row.attempt, "created_at": now}
+            for i, (t, d) in enumerate(events)
+        ],
+    )
+    return row
+
+
+# ---- worker side -----------------------------------------------------------------------------
+
+
+def claim(session: Session, job_id: str, *, owner: str, lease_seconds: float) -> Claim | None:
+    """Take the job if it is queued, or running under a lease that went stale. None: not ours."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=lease_seconds)
+    row = _change(
+        session,
+        job_id,
+        [
+            Job.attempt < Job.max_attempts,
+            (Job.status == "queued") | ((Job.status == "running") & (Job.heartbeat_at < cutoff)),
+        ],
+        {
+            "status": "running",
+            "lease_owner": owner,
+            "lease_token": Job.lease_token + 1,
+            "heartbeat_at": now,
+            "attempt": Job.attempt + 1,
+            "started_at": now,
+        },
+        [("running", {"owner": owner})],
+        now,
+    )
+    if row is None:
+        return None
+    return Claim(job_id, row.team_id, row.kind, row.spec, row.lease_token, row.attempt, row.max_attempts)
+
+
+def _fenced(token: int) -> list[ColumnElement[bool]]:
+    return [Job.lease_token == token, Job.status == "running"]
+
+
+def heartbeat(session: Session, job_id: str, token: int) -> bool:
+    """Renew the lease. Returns True when a cancel was requested. Raises LeaseLost."""
+    now = utcnow()
+    row = _change(session, job_id, _fenced(token), {"heartbeat_at": now}, [], now)
+    if row is None:
+        raise LeaseLost(job_id)
+    return row.cancel_requested_at is not None
+
+
+def fenced_update(
+    session: Session, job_id: str, token: int, values: dict[str, Any], events: list[Event] | None = None
+) -> bool:
+    """A worker's write. Returns True when a cancel was requested. Raises LeaseLost."""
+    now = utcnow()
+    row = _change(session, job_id, _fenced(token), {**values, "heartbeat_at": now}, events or [], now)
+    if row is None:
+        raise LeaseLost(job_id)
+    return row.cancel_requested_at is not None
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    token: int,
+    status: str,
+    *,
+    result: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """Record the terminal state once, with its one terminal event. Raises LeaseLost."""
+    assert status in ("succeeded", "failed", "cancelled")
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "finished_at": now, "lease_owner": None}
+    if result is not None:
+        values["result"] = result
+    if error is not None:
+        values["error"] = error
+    data = {"error": error} if error else {}
+    if _change(session, job_id, _fenced(token), values, [(status, data)], now) is None:
+        raise LeaseLost(job_id)
+
+
+def retry_later(session: Session, job_id: str, token: int, error: dict[str, Any]) -> bool:
+    """Give a transient failure another attempt. False when attempts are used up (job failed)."""
+    now = utcnow()
+    row = session.execute(select(Job.attempt, Job.max_attempts).where(Job.id == job_id)).first()
+    if row is not None and row.attempt >= row.max_attempts:
+        finish(session, job_id, token, "failed", error=error)
+        return False
+    values = {"status": "queued", "lease_owner": None, "enqueued_at": now, "error": error}
+    if _change(session, job_id, _fenced(token), values, [("retrying", {"error": error})], now) is None:
+        raise LeaseLost(job_id)
+    return True
+
+
+# ---- API side --------------------------------------------------------------------------------
+
+
+def request_cancel(session: Session, job_id: str) -> None:
+    """Cancel now if no worker runs it; otherwise ask the worker to stop at its next step."""
+    now = utcnow()
+    done = _change(
+        session,
+        job_id,
+        [Job.status.in_(("pending", "queued"))],
+        {"status": "cancelled", "finished_at": now, "cancel_requested_at": now},
+        [("cancelled", {"reason": "cancelled by request"})],
+        now,
+    )
+    if done is None:
+        _change(
+            session,
+            job_id,
+            [Job.status == "running", Job.cancel_requested_at.is_(None)],
+            {"cancel_requested_at": now},
+            [("cancel_requested", {})],
+            now,
+        )
+
+
+def enqueue_marked(session: Session, job_id: str, expected_enqueued_at: datetime | None) -> bool:
+    """Note that a wake-up is being sent again; False if someone else just did it."""
+    now = utcnow()
+    cond = Job.enqueued_at.is_(None) if expected_enqueued_at is None else Job.enqueued_at == expected_enqueued_at
+    return _change(session, job_id, [Job.status == "queued", cond], {"enqueued_at": now}, [], now) is not None
+
+
+# ---- the reaper ------------------------------------------------------------------------------
+
+
+def reap(session: Session, *, lease_seconds: float, requeue_after_seconds: float) -> list[tuple[str, str]]:
+    """Recover jobs whose worker died and wake-ups that were lost. Returns (job_id, kind) to enqueue."""
+    now = utcnow()
+    to_enqueue: list[tuple[str, str]] = []
+    stale = session.execute(
+        select(Job.id, Job.kind, Job.attempt, Job.max_attempts, Job.lease_token, Job.lease_owner,
+               Job.cancel_requested_at)
+        .where(Job.status == "running", Job.heartbeat_at < now - timedelta(seconds=lease_seconds))
+        .limit(500)
+    ).all()
+    for job in stale:
+        where = [Job.status == "running", Job.lease_token == job.lease_token]
+        lost = {"previous_owner": job.lease_owner, "attempt": job.attempt}
+        if job.cancel_requested_at is not None:
+            _change(session, job.id, where, {"status": "cancelled", "finished_at": now, "lease_owner": None},
+                    [("cancelled", {"reason": "cancel requested; its worker stopped responding", **lost})], now)
+        elif job.attempt >= job.max_attempts:
+            err = error_body(
+                "worker_lost",
+                f"The worker running this job stopped sending heartbeats (no sign of life for {lease_seconds:g} s) "
+                f"on all {job.attempt} attempts, so it was given up. Check the worker logs for a crash or "
+                "out-of-memory kill; resubmit once it is fixed.",
+                user_error=False,
+            )
+            _change(session, job.id, where,
+                    {"status": "failed", "finished_at": now, "lease_owner": None, "error": err},
+                    [("failed", {"error": err})], now)
+        else:
+            if _change(session, job.id, where, {"status": "queued", "lease_owner": None, "enqueued_at": now},
+                       [("requeued", {"reason": "heartbeat timeout", **lost})], now) is not None:
+                to_enqueue.append((job.id, job.kind))
+
+    unclaimed = session.execute(
+        select(Job.id, Job.kind, Job.enqueued_at)
+        .where(Job.status == "queued",
+               (Job.enqueued_at < now - timedelta(seconds=requeue_after_seconds)) | Job.enqueued_at.is_(None))
+        .limit(500)
+    ).all()
+    for waiting in unclaimed:
+        if enqueue_marked(session, waiting.id, waiting.enqueued_at):
+            to_enqueue.append((waiting.id, waiting.kind))
+
+    to_enqueue.extend(release_pending(session))
+    return to_enqueue
+
+
+def release_pending(session: Session, team_id: str | None = None) -> list[tuple[str, str]]:
+    """Queue pending jobs whose dependencies all succeeded; cancel those with a failed one."""
+    now = utcnow()
+    query = select(Job.id, Job.kind, Job.depends_on).where(Job.status == "pending").limit(500)
+    if team_id is not None:
+        query = query.where(Job.team_id == team_id)
+    pending = session.execute(query).all()
+    released: list[tuple[str, str]] = []
+    for job in pending:
+        deps = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(job.depends_on))).tuples().all())
+        broken = sorted(d for d in job.depends_on if deps.get(d) in ("failed", "cancelled", None))
+        if broken:
+            _change(session, job.id, [Job.status == "pending"],
+                    {"status": "cancelled", "finished_at": now},
+                    [("cancelled", {"reason": f"dependency {broken[0]} did not succeed"})], now)
+        elif all(deps.get(d) == "succeeded" for d in job.depends_on):
+            if _change(session, job.id, [Job.status == "pending"], {"status": "queued", "enqueued_at": now},
+                       [("queued", {})], now) is not None:
+                released.append((job.id, job.kind))
+    return released

@@ -1,0 +1,66 @@
+"""The one place configuration is read. Nothing else touches os.environ."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+JOB_KINDS = ("dataset", "generation", "training", "evaluation")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEQ_", env_file=".env", extra="ignore")
+
+    # Where state lives. The defaults are the embedded set-up `make run` uses.
+    var_dir: Path = Path("var")
+    database_url: str = ""  # default: sqlite:///<var_dir>/tuneq.db
+    broker_url: str = ""  # default: the embedded Redis on <var_dir>/redis.sock
+    artifact_dir: Path | None = None  # default: <var_dir>/artifacts
+
+    # API
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1_000_000
+    key_cache_seconds: float = 5.0  # a revoked key stops working within this many seconds
+    enable_test_jobs: bool = False  # accept kind "test" (tests and benchmarks only)
+    log_level: str = "INFO"
+
+    # Delivery and leases (DESIGN.md §2)
+    heartbeat_seconds: float = 5.0
+    lease_seconds: float = 30.0  # a running job whose heartbeat is older than this is taken over
+    requeue_after_seconds: float = 60.0  # a queued job nobody claimed within this is enqueued again
+    reaper_interval_seconds: float = 5.0
+    max_attempts: int = 3
+    run_reaper: bool = True  # the API runs the reaper loop; safe in several processes at once
+    worker_concurrency: int = 2
+
+    # Secrets for external services: plain names, as those services document them.
+    tinker_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("TINKER_API_KEY"))
+    openrouter_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY")
+    )
+    hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN"))
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.var_dir / 'tuneq.db').resolve()}"
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        return (self.var_dir / "redis.sock").resolve()
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"redis+socket://{self.embedded_redis_socket}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.var_dir / "artifacts").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

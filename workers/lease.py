@@ -1,0 +1,87 @@
+"""The JobContext a pipeline gets: a claimed lease, heartbeats, fenced writes, cancellation checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from app.db import session_scope
+from app.services import transitions
+from app.services.transitions import Claim, LeaseLost
+from app.settings import Settings
+from workers.errors import JobCancelled
+
+log = logging.getLogger("tuneq.worker")
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobContext:
+    """Everything a pipeline may do to its job. Every write carries the lease token."""
+
+    def __init__(self, claim: Claim, settings: Settings) -> None:
+        self.claim = claim
+        self.settings = settings
+        self.job_id, self.attempt, self.token = claim.job_id, claim.attempt, claim.token
+        self.team_id = claim.team_id
+        self.cancel_requested = threading.Event()
+        self.lease_lost = threading.Event()
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self._beat = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.job_id}", daemon=True)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> JobContext:
+        self._beat.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._beat.join(timeout=5)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_seconds):
+            try:
+                with session_scope() as session:
+                    if transitions.heartbeat(session, self.job_id, self.token):
+                        self.cancel_requested.set()
+            except LeaseLost:
+                log.warning("job %s: lease lost (another worker took over); stopping", self.job_id)
+                self.lease_lost.set()
+                return
+            except Exception:
+                log.exception("job %s: heartbeat failed; will retry", self.job_id)
+
+    # -- what pipelines call -------------------------------------------------------------------
+    def check(self) -> None:
+        """Call between steps: stops at once if the lease is gone, raises JobCancelled if asked to."""
+        if self.lease_lost.is_set():
+            raise LeaseLost(self.job_id)
+        if self.cancel_requested.is_set():
+            raise JobCancelled()
+
+    def update(self, values: dict[str, Any], events: list[tuple[str, dict[str, Any]]] | None = None) -> None:
+        """A fenced write of job columns (progress, result) and events."""
+        if self.lease_lost.is_set():
+            raise LeaseLost(self.job_id)
+        with session_scope() as session:
+            if transitions.fenced_update(session, self.job_id, self.token, values, events):
+                self.cancel_requested.set()
+
+    def progress(self, done: int, total: int | None, unit: str, *, event: bool = False,
+                 extra: dict[str, Any] | None = None) -> None:
+        """Record progress with an ETA; `event=True` also appends a progress event (a milestone)."""
+        elapsed = time.monotonic() - self._started
+        eta = round(elapsed / done * (total - done), 1) if total and done else None
+        progress = {"done": done, "total": total, "unit": unit, "eta_seconds": eta, **(extra or {})}
+        self.update({"progress": progress}, [("progress", progress)] if event else None)
+        self.check()
+
+    def event(self, type_: str, data: dict[str, Any]) -> None:
+        self.update({}, [(type_, data)])

@@ -1,0 +1,15 @@
+"""The pipeline registry: job kind → a plain function of (spec, ctx) returning the job result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from workers.lease import JobContext
+from workers.pipelines import test_job
+
+Pipeline = Callable[[dict[str, Any], JobContext], dict[str, Any]]
+
+PIPELINES: dict[str, Pipeline] = {
+    "test": test_job.run,
+}
