@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from tests.support import Stack, free_port
+from tests.support import EMBEDDED_REDIS, Stack, free_port
 
 TEST_SETTINGS = {
     "TUNEQ_ENABLE_TEST_JOBS": "1",
@@ -43,14 +43,13 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     var = tmp_path_factory.mktemp("var")
     db_url = os.environ.get("TUNEQ_TEST_DATABASE_URL") or f"sqlite:///{var / 'tuneq.db'}"
     broker_url = os.environ.get("TUNEQ_TEST_BROKER_URL", "")
-    redis_proc = None
     if broker_url:
         redis.Redis.from_url(broker_url).flushdb()
     else:
         from app.embedded import start_redis
 
         sock = Path(f"/tmp/tuneq-test-{uuid.uuid4().hex[:8]}.sock")
-        redis_proc = start_redis(sock, var / "redis")
+        EMBEDDED_REDIS.append(start_redis(sock, var / "redis"))  # type: ignore[arg-type]
         broker_url = f"redis+socket://{sock}"
     if db_url.startswith("postgresql"):
         _reset_postgres(db_url)
@@ -64,9 +63,9 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     upgrade(db_url)
     print(f"\ntest backend: sql={db_url.split('://')[0]} broker={broker_url.split('://')[0]}")
     yield env
-    if redis_proc is not None:
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
+    for proc in EMBEDDED_REDIS:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def _reload_settings() -> None:

@@ -34,6 +34,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+# Embedded Redis servers the tests started (a test may restart one); stopped at session end.
+EMBEDDED_REDIS: list[subprocess.Popen[bytes]] = []
+
+
 @dataclass
 class Stack:
     env: dict[str, str]

@@ -1,0 +1,41 @@
+"""Chat core shared by the dataset, training and evaluation jobs.
+
+ChatML rows (`chatml`), source shapes to ChatML (`shapes`), the exact offline Qwen3 tokenizer (`tokenizer`) and the
+Qwen3 renderer that turns a conversation into tokens and loss weights (`render`).
+"""
+
+from workers.chat.chatml import (
+    Message,
+    Problem,
+    Reason,
+    apply_system_prompt,
+    conversation_hash,
+    normalize_key,
+    validate_conversation,
+)
+from workers.chat.render import Piece, Rendered, TrainOn, render, render_batch, render_pieces, render_prompt
+from workers.chat.shapes import ShapeError, UnknownShapeError, converter_for, detect_shape
+from workers.chat.tokenizer import QwenTokenizer, get_tokenizer
+
+__all__ = [
+    "Message",
+    "Piece",
+    "Problem",
+    "QwenTokenizer",
+    "Reason",
+    "Rendered",
+    "ShapeError",
+    "TrainOn",
+    "UnknownShapeError",
+    "apply_system_prompt",
+    "conversation_hash",
+    "converter_for",
+    "detect_shape",
+    "get_tokenizer",
+    "normalize_key",
+    "render",
+    "render_batch",
+    "render_pieces",
+    "render_prompt",
+    "validate_conversation",
+]
