@@ -20,6 +20,7 @@ from app.db import get_engine, session_scope
 from app.errors import PayloadTooLarge, TuneqError
 from app.services import jobs as jobs_service
 from app.services.auth import KeyCache
+from app.services.job_reads import JobReader
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("tuneq.api")
@@ -135,15 +136,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         get_engine()
+        await app.state.job_reader.start()
         reaper = Reaper(settings)
         if settings.run_reaper:
             reaper.start()
         yield
         reaper.stopping.set()
+        await app.state.job_reader.close()
 
     app = FastAPI(title="tuneq", version="0.1.0", lifespan=lifespan,
                   description="Fine-tuning jobs for Qwen3 with LoRA on Tinker.")
     app.state.key_cache = KeyCache(settings.key_cache_seconds)
+    app.state.job_reader = JobReader(settings.resolved_database_url)
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)

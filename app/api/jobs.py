@@ -61,8 +61,9 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead)
-def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> Response:
-    return JSON(jobs_service.get(session, team_id=caller.team_id, job_id=job_id))
+async def get_job(job_id: str, request: Request, caller: CallerDep) -> Response:
+    body = await request.app.state.job_reader.get_json(caller.team_id, job_id)
+    return Response(body, media_type="application/json")
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobRead)

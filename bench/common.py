@@ -1,0 +1,93 @@
+"""Shared bench helpers: a PostgreSQL database for benches, and a lean HTTP/1.1 load generator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import create_engine, text
+
+PG_ADMIN_URL = os.environ.get("TUNEQ_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+BENCH_DB = "tuneq_bench"
+
+
+def fresh_postgres() -> str:
+    """Drop and create the bench database; returns its URL."""
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
+        conn.execute(text(f"CREATE DATABASE {BENCH_DB}"))
+    engine.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0].replace("+psycopg", "") + f"/{BENCH_DB}"
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, p: float) -> float:
+        data = sorted(self.latencies_ms)
+        return data[min(len(data) - 1, int(len(data) * p))] if data else float("nan")
+
+    def summary(self) -> str:
+        return (f"{self.rps:8.0f} req/s  p50 {self.pct(0.5):6.2f} ms  p99 {self.pct(0.99):6.2f} ms  "
+                f"mean {statistics.fmean(self.latencies_ms):6.2f} ms  errors {self.errors}")
+
+
+async def _connection(host: str, port: int, request: bytes, stop_at: float, warm_until: float,
+                      out: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while True:
+            start = time.perf_counter()
+            if start >= stop_at:
+                return
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            if start >= warm_until:
+                out.append((time.perf_counter() - start) * 1000)
+                if status != 200:
+                    errors.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(host: str, port: int, path: str, headers: dict[str, str], connections: int, seconds: float,
+                warmup: float) -> LoadResult:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in headers.items())]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    now = time.perf_counter()
+    warm_until, stop_at = now + warmup, now + warmup + seconds
+    latencies: list[float] = []
+    errors: list[int] = []
+    await asyncio.gather(*(_connection(host, port, request, stop_at, warm_until, latencies, errors)
+                           for _ in range(connections)))
+    return LoadResult(len(latencies), len(errors), seconds, latencies)
+
+
+def load(url_host: str, port: int, path: str, *, headers: dict[str, str] | None = None, connections: int = 32,
+         seconds: float = 5.0, warmup: float = 1.0) -> LoadResult:
+    """Closed-loop load: `connections` keep-alive connections, each sending the next request on reply."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    return runner(_load(url_host, port, path, headers or {}, connections, seconds, warmup))
