@@ -65,6 +65,8 @@ def _replay(session: Session, team_id: str, key: str, body_hash: str) -> dict[st
 
 def _check_dependencies(session: Session, team_id: str, depends_on: list[str]) -> bool:
     """True when every dependency already succeeded; 422 when one is unknown or failed."""
+    if not depends_on:
+        return True
     found = dict(
         session.execute(select(Job.id, Job.status).where(Job.team_id == team_id, Job.id.in_(depends_on)))
         .tuples()
@@ -105,17 +107,20 @@ def submit(
     now = utcnow()
     status = "queued" if ready else "pending"
     job_id = new_id("job")
+    row = {
+        "id": job_id, "kind": kind, "status": status, "spec": spec, "labels": body.labels,
+        "depends_on": body.depends_on, "progress": None, "result": None, "error": None, "attempt": 0,
+        "max_attempts": body.max_attempts or settings.max_attempts, "created_at": now, "started_at": None,
+        "finished_at": None, "cancel_requested_at": None,
+    }
+    conn = session.connection()  # Core inserts: this is the hot write path (bench/dispatch.py)
     try:
-        session.execute(
-            insert(Job).values(
-                id=job_id, team_id=caller.team_id, kind=kind, status=status, spec=spec, labels=body.labels,
-                depends_on=body.depends_on, attempt=0, max_attempts=body.max_attempts or settings.max_attempts,
-                lease_token=0, event_seq=1, idempotency_key=idempotency_key, request_hash=body_hash,
-                created_at=now, updated_at=now, enqueued_at=now if ready else None,
-            )
-        )
-        session.execute(insert(JobEvent).values(job_id=job_id, seq=1, type=status, attempt=0, data={},
-                                                created_at=now))
+        conn.execute(insert(Job).values(
+            **row, team_id=caller.team_id, lease_token=0, event_seq=1, idempotency_key=idempotency_key,
+            request_hash=body_hash, updated_at=now, enqueued_at=now if ready else None,
+        ))
+        conn.execute(insert(JobEvent).values(job_id=job_id, seq=1, type=status, attempt=0, data={},
+                                             created_at=now))
         session.commit()
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert.
@@ -126,7 +131,7 @@ def submit(
         return replay, True
     if ready:
         enqueue(job_id, kind)
-    return get(session, team_id=caller.team_id, job_id=job_id), False
+    return {**row, "created_at": _iso(now)}, False
 
 
 def get(session: Session, *, team_id: str, job_id: str) -> dict[str, Any]:
