@@ -37,8 +37,6 @@ def drive(job_id: str) -> None:
             _run(ctx)
         except LeaseLost:
             log.warning("job %s: lease lost; this worker stops without further writes", job_id)
-            return
-    _release_dependents(claim.team_id)
 
 
 def _run(ctx: JobContext) -> None:
@@ -72,13 +70,10 @@ def _run(ctx: JobContext) -> None:
 
 def _finish(ctx: JobContext, status: str, *, result: dict[str, Any] | None = None,
             error: dict[str, Any] | None = None) -> None:
+    """Record the end, and in the same transaction queue the jobs that were waiting on this one."""
     with session_scope() as session:
         transitions.finish(session, ctx.job_id, ctx.token, status, result=result, error=error)
+        released = transitions.release_pending(session, ctx.team_id)
     log.info("job %s: %s", ctx.job_id, status)
-
-
-def _release_dependents(team_id: str) -> None:
-    with session_scope() as session:
-        released = transitions.release_pending(session, team_id)
     for job_id, kind in released:
         enqueue(job_id, kind)

@@ -19,6 +19,8 @@ from app.api.responses import JSON
 from app.db import session_scope
 from app.schemas.jobs import EventList, JobCreate, JobList, JobRead
 from app.services import jobs as jobs_service
+from app.services.auth import Caller
+from app.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -26,19 +28,24 @@ TERMINAL_EVENTS = {"succeeded", "failed", "cancelled"}
 POLL_SECONDS = 0.2
 
 
+def _submit(caller: Caller, body: JobCreate, idempotency_key: str | None, settings: Settings) -> tuple[dict, bool]:
+    with session_scope() as session:
+        return jobs_service.submit(
+            session, caller=caller, body=body, spec=body.spec.model_dump(mode="json"), kind=body.kind,
+            idempotency_key=idempotency_key, settings=settings,
+        )
+
+
 @router.post("/jobs", status_code=201, response_model=JobRead)
-def create_job(
+async def create_job(
     body: JobCreate,
     caller: CallerDep,
-    session: SessionDep,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     caller.require("jobs:write")
-    job, replayed = jobs_service.submit(
-        session, caller=caller, body=body, spec=body.spec.model_dump(mode="json"), kind=body.kind,
-        idempotency_key=idempotency_key, settings=settings,
-    )
+    # One thread hop for all the blocking work (SQL, broker): this is the hot write path.
+    job, replayed = await run_in_threadpool(_submit, caller, body, idempotency_key, settings)
     return JSON(job, status_code=201, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 

@@ -24,6 +24,8 @@ JOB_COLUMNS = (
     Job.attempt, Job.max_attempts, Job.created_at, Job.started_at, Job.finished_at, Job.cancel_requested_at,
 )
 _TIMES = ("created_at", "started_at", "finished_at", "cancel_requested_at")
+_INSERT_JOB = insert(Job)
+_INSERT_EVENT = insert(JobEvent)
 EVENT_COLUMNS = (JobEvent.seq, JobEvent.type, JobEvent.attempt, JobEvent.data, JobEvent.created_at)
 
 
@@ -115,12 +117,14 @@ def submit(
     }
     conn = session.connection()  # Core inserts: this is the hot write path (bench/dispatch.py)
     try:
-        conn.execute(insert(Job).values(
-            **row, team_id=caller.team_id, lease_token=0, event_seq=1, idempotency_key=idempotency_key,
-            request_hash=body_hash, updated_at=now, enqueued_at=now if ready else None,
-        ))
-        conn.execute(insert(JobEvent).values(job_id=job_id, seq=1, type=status, attempt=0, data={},
-                                             created_at=now))
+        # Constant statements with separate parameters hit SQLAlchemy's compiled cache.
+        conn.execute(_INSERT_JOB, {
+            **row, "team_id": caller.team_id, "lease_token": 0, "event_seq": 1,
+            "idempotency_key": idempotency_key, "request_hash": body_hash, "updated_at": now,
+            "enqueued_at": now if ready else None,
+        })
+        conn.execute(_INSERT_EVENT, {"job_id": job_id, "seq": 1, "type": status, "attempt": 0, "data": {},
+                                     "created_at": now})
         session.commit()
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert.

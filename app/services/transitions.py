@@ -48,19 +48,19 @@ def _change(
 ) -> Any:
     """Apply `values` if `where` holds and append `events`; return the updated row or None."""
     n = len(events)
+    conn = session.connection()  # Core, not ORM-enabled execution: this runs for every job step
     stmt = (
         update(Job)
         .where(Job.id == job_id, *where)
         .values(**values, updated_at=now, event_seq=Job.event_seq + n)
         .returning(Job.event_seq, Job.attempt, Job.max_attempts, Job.team_id, Job.kind, Job.spec,
                    Job.lease_token, Job.cancel_requested_at)
-        .execution_options(synchronize_session=False)
     )
-    row = session.execute(stmt).first()
+    row = conn.execute(stmt).first()
     if row is None or not events:
         return row
     first = row.event_seq - n + 1
-    session.execute(
+    conn.execute(
         insert(JobEvent),
         [
             {"job_id": job_id, "seq": first + i, "type": t, "data": d, "attempt": row.attempt, "created_at": now}
