@@ -527,10 +527,10 @@ def _validate_hub_name(name: str) -> None:
         )
 
 
-def _unreachable(name: str, detail: str, *, retryable: bool) -> SourceError:
+def _unreachable(what: str, detail: str, *, retryable: bool) -> SourceError:
     return SourceError(
         "hub_unreachable",
-        f"Could not reach the Hugging Face Hub to load dataset '{name}' (offline or network error: {detail}). "
+        f"Could not reach the Hugging Face Hub to load dataset {what} (offline or network error: {detail}). "
         f"Check the name and network, or upload the file with POST /v1/files.",
         retryable=retryable,
     )
@@ -589,9 +589,9 @@ def _map_datasets_error(exc: BaseException, what: str, *, split: str, config: st
     for link in _chain(exc):
         cls = type(link).__name__
         if cls == "OfflineModeIsEnabled" or "OfflineModeIsEnabled" in str(link):
-            return _unreachable(what.strip("'"), "offline mode is enabled (HF_HUB_OFFLINE)", retryable=False)
+            return _unreachable(what, "offline mode is enabled (HF_HUB_OFFLINE)", retryable=False)
         if cls in _CONNECTION_NAMES or (isinstance(link, ConnectionError) and "Couldn't reach" in str(link)):
-            return _unreachable(what.strip("'"), _redact(_one_line(link, 200), token), retryable=True)
+            return _unreachable(what, _redact(_one_line(link, 200), token), retryable=True)
         if cls == "GatedRepoError" or (isinstance(link, DatasetNotFoundError) and "gated" in str(link)):
             return SourceError(
                 "dataset_gated",
@@ -612,6 +612,8 @@ def _map_datasets_error(exc: BaseException, what: str, *, split: str, config: st
         if isinstance(link, DataFilesNotFoundError) or cls == "EmptyDatasetError":
             return SourceError("no_data_files", f"Dataset {what} has no data files that can be read "
                                                 f"(parquet, jsonl, json, csv, ...).")
+        if hub and isinstance(link, FileNotFoundError):  # its text may hold a server-side path: not shown
+            return SourceError("dataset_not_found", f"Dataset {what} was not found on the Hub; check the name.")
         status = getattr(getattr(link, "response", None), "status_code", None)
         if cls.startswith("HfHubHTTPError") or status is not None:
             if status in (401, 403):
@@ -655,8 +657,9 @@ def _iterate_mapped(ds: Iterable[dict[str, Any]], start: int,
             return
         except Exception as exc:
             err = mapper(exc)
-            if err.line is None:
-                err = SourceError(err.code, err.message, n + 1, err.retryable)
+            if n > start and err.code == "bad_file":
+                # Readers parse whole blocks, so the failing row is not known exactly: say how far we got.
+                err = SourceError(err.code, f"{err.message} The error came after row {n}.", None, err.retryable)
             raise err from None
         n += 1
         yield n, row
@@ -690,11 +693,11 @@ def iter_hub_rows(
         lib_offline = bool(datasets.config.HF_HUB_OFFLINE)
         if _env_offline() and not lib_offline:
             # Set after `datasets` was imported: the libraries would not see it. Honour it without the network.
-            raise _unreachable(name, "offline mode is enabled (HF_HUB_OFFLINE)", retryable=False)
+            raise _unreachable(what, "offline mode is enabled (HF_HUB_OFFLINE)", retryable=False)
         if not lib_offline:
             reason = _probe_hub(str(datasets.config.HF_ENDPOINT), connect_timeout)
             if reason is not None:
-                raise _unreachable(name, _redact(reason, token), retryable=True)
+                raise _unreachable(what, _redact(reason, token), retryable=True)
         kwargs: dict[str, Any] = {"split": split, "streaming": True}
         if revision:
             kwargs["revision"] = revision
@@ -844,8 +847,15 @@ def iter_local_dataset_rows(path: Path, *, split: str, config: str | None = None
     if not path.is_dir():
         raise SourceError("dataset_not_found", f"Local dataset {what} is not a directory.")
 
+    def hide_paths(err: SourceError) -> SourceError:
+        message = err.message
+        for prefix in {str(path.resolve()), str(path.absolute()), str(path)}:
+            message = message.replace(prefix + os.sep, "").replace(prefix, what)
+        return SourceError(err.code, message, err.line, err.retryable)
+
     def mapper(exc: BaseException) -> SourceError:
-        return _map_datasets_error(exc, what, split=split, config=config, revision=None, token=None, hub=False)
+        return hide_paths(_map_datasets_error(exc, what, split=split, config=config, revision=None, token=None,
+                                              hub=False))
 
     if _has_yaml_configs(path):
         def delegated() -> Iterator[Row]:
@@ -905,8 +915,8 @@ def iter_local_dataset_rows(path: Path, *, split: str, config: str | None = None
             group_what = f"{what} (file {rel})"
 
             def group_mapper(exc: BaseException, group_what: str = group_what) -> SourceError:
-                return _map_datasets_error(exc, group_what, split=split, config=config, revision=None,
-                                           token=None, hub=False)
+                return hide_paths(_map_datasets_error(exc, group_what, split=split, config=config,
+                                                      revision=None, token=None, hub=False))
 
             try:
                 ds = datasets.load_dataset(builder_name, data_files={split: [str(p) for p in group]},
