@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import health, jobs
+from app.api import artifacts, health, jobs
 from app.api.responses import problem
 from app.db import get_engine, session_scope
 from app.errors import PayloadTooLarge, TuneqError
@@ -151,5 +151,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(artifacts.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     key_cache_seconds: float = 5.0  # a revoked key stops working within this many seconds
     enable_test_jobs: bool = False  # accept kind "test" (tests and benchmarks only)
+    max_upload_bytes: int = 2 * 1024**3
+    local_datasets_dir: Path | None = None  # dataset jobs may read Hub-shaped directories under it
     log_level: str = "INFO"
 
     # Delivery and leases (DESIGN.md §2)

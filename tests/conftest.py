@@ -24,6 +24,7 @@ TEST_SETTINGS = {
     "TUNEQ_KEY_CACHE_SECONDS": "1",
     "TUNEQ_MAX_BODY_BYTES": "200000",
     "TUNEQ_WORKER_CONCURRENCY": "2",
+    "HF_HUB_OFFLINE": "1",
 }
 
 
@@ -53,8 +54,9 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         broker_url = f"redis+socket://{sock}"
     if db_url.startswith("postgresql"):
         _reset_postgres(db_url)
+    (var / "datasets").mkdir()
     env = {**TEST_SETTINGS, "TUNEQ_DATABASE_URL": db_url, "TUNEQ_BROKER_URL": broker_url,
-           "TUNEQ_VAR_DIR": str(var)}
+           "TUNEQ_VAR_DIR": str(var), "TUNEQ_LOCAL_DATASETS_DIR": str(var / "datasets")}
     os.environ.update(env)
     _reload_settings()
 

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from app.db import session_scope
+from app.services import artifacts as artifacts_service
 from app.services import transitions
 from app.services.transitions import Claim, LeaseLost
 from app.settings import Settings
@@ -85,3 +86,17 @@ class JobContext:
 
     def event(self, type_: str, data: dict[str, Any]) -> None:
         self.update({}, [(type_, data)])
+
+    def publish_artifacts(self, outputs: list[dict[str, Any]]) -> list[str]:
+        """Register committed files as this job's artifacts, replacing any from an earlier attempt."""
+        if self.lease_lost.is_set():
+            raise LeaseLost(self.job_id)
+        with session_scope() as session:
+            transitions.fenced_update(session, self.job_id, self.token, {})
+            artifacts_service.forget_job_artifacts(session, self.job_id)
+            return [
+                artifacts_service.register(session, team_id=self.team_id, job_id=self.job_id, kind=o["kind"],
+                                           name=o["name"], writer=o["writer"], fmt=o["fmt"], rows=o["rows"],
+                                           meta=o["meta"])
+                for o in outputs
+            ]

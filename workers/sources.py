@@ -12,6 +12,10 @@ whole source). What `number` means, per source — it is also what `SourceError.
 A source that cannot be read raises `SourceError` with a stable `code` and a `message` a person can act on.
 Messages never carry a stack trace, a token or a server-side file path (upload errors name lines, not paths).
 
+Errors in the arguments (`unsupported_format`, `bad_name`, and for local directories `dataset_not_found`,
+`bad_config`, `bad_split`) are raised by the call itself; everything else while iterating. `retryable` is True
+only when the Hub could not be reached over the network (not in offline mode) or answered 429/5xx.
+
 Codes: `unsupported_format`, `file_not_found`, `file_too_large`, `bad_file`, `invalid_utf8`, `line_too_long`,
 `too_deeply_nested`, `not_an_object`, `invalid_json`, `bad_name`, `hub_unreachable`, `dataset_not_found`,
 `dataset_gated`, `bad_revision`, `bad_config`, `bad_split`, `no_data_files`.
@@ -25,7 +29,9 @@ Hub notes (datasets 5 / huggingface_hub 1.x, measured on a machine without netwo
 - With no network and no offline flag, `load_dataset` retries the README download five times with backoff
   (1+2+4+8+8 s) and fails after ~23 s. To bound that, `iter_hub_rows` first sends one HEAD request to the Hub
   endpoint through huggingface_hub's own HTTP session (same proxies/TLS settings) on a helper thread, with a
-  `connect_timeout` (default 10 s) that also bounds DNS; no answer -> `hub_unreachable` (retryable) at once.
+  `connect_timeout` (default 10 s) that also bounds DNS; no answer -> `hub_unreachable` (retryable) at once
+  (here: DNS fails in ~2 ms; a silent endpoint costs `connect_timeout`). Any HTTP answer counts as reachable.
+- Each streaming load gets a throw-away `cache_dir` (see `_scratch_cache`).
 - Hub names are loaded as `hf://datasets/<name>` so a name can never resolve to a local directory or to one of
   the `datasets` packaged builders (`json`, `csv`, ...), and names are validated as repo ids first.
 """
@@ -36,6 +42,7 @@ import ast
 import csv
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -646,6 +653,12 @@ def _map_datasets_error(exc: BaseException, what: str, *, split: str, config: st
                                    f"({type(exc).__name__}: {_redact(_one_line(exc), token)}).")
 
 
+def _scratch_cache() -> tempfile.TemporaryDirectory[str]:
+    """A throw-away `cache_dir` for one streaming load: `datasets` writes a lock file per builder and data-files
+    hash into its cache even when streaming; this keeps HF_DATASETS_CACHE from filling with them."""
+    return tempfile.TemporaryDirectory(prefix="tuneq-hf-", ignore_cleanup_errors=True)
+
+
 def _iterate_mapped(ds: Iterable[dict[str, Any]], start: int,
                     mapper: Callable[[BaseException], SourceError]) -> Iterator[Row]:
     n = start
@@ -707,11 +720,12 @@ def iter_hub_rows(
             kwargs["data_dir"] = data_dir
         if data_files:
             kwargs["data_files"] = data_files
-        try:
-            ds = datasets.load_dataset(f"hf://datasets/{name}", config, **kwargs)
-        except Exception as exc:
-            raise mapper(exc) from None
-        yield from _iterate_mapped(ds, 0, mapper)
+        with _scratch_cache() as cache_dir:
+            try:
+                ds = datasets.load_dataset(f"hf://datasets/{name}", config, cache_dir=cache_dir, **kwargs)
+            except Exception as exc:
+                raise mapper(exc) from None
+            yield from _iterate_mapped(ds, 0, mapper)
 
     return gen()
 
@@ -861,11 +875,12 @@ def iter_local_dataset_rows(path: Path, *, split: str, config: str | None = None
         def delegated() -> Iterator[Row]:
             import datasets
 
-            try:
-                ds = datasets.load_dataset(str(path), config, split=split, streaming=True)
-            except Exception as exc:
-                raise mapper(exc) from None
-            yield from _iterate_mapped(ds, 0, mapper)
+            with _scratch_cache() as cache_dir:
+                try:
+                    ds = datasets.load_dataset(str(path), config, split=split, streaming=True, cache_dir=cache_dir)
+                except Exception as exc:
+                    raise mapper(exc) from None
+                yield from _iterate_mapped(ds, 0, mapper)
 
         return delegated()
 
@@ -918,13 +933,14 @@ def iter_local_dataset_rows(path: Path, *, split: str, config: str | None = None
                 return hide_paths(_map_datasets_error(exc, group_what, split=split, config=config,
                                                       revision=None, token=None, hub=False))
 
-            try:
-                ds = datasets.load_dataset(builder_name, data_files={split: [str(p) for p in group]},
-                                           split=split, streaming=True, **dict(extra))
-            except Exception as exc:
-                raise group_mapper(exc) from None
-            for number, row in _iterate_mapped(ds, n, group_mapper):
-                yield number, row
-                n = number  # the numbering carries on into the next group
+            with _scratch_cache() as cache_dir:
+                try:
+                    ds = datasets.load_dataset(builder_name, data_files={split: [str(p) for p in group]},
+                                               split=split, streaming=True, cache_dir=cache_dir, **dict(extra))
+                except Exception as exc:
+                    raise group_mapper(exc) from None
+                for number, row in _iterate_mapped(ds, n, group_mapper):
+                    yield number, row
+                    n = number  # the numbering carries on into the next group
 
     return gen()

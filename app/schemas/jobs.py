@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from app.schemas.common import StrictModel
+from app.schemas.datasets import DatasetSpec
 
 Label = Annotated[str, Field(min_length=1, max_length=200)]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class JobCreateBase(StrictModel):
@@ -33,7 +32,12 @@ class TestJobCreate(JobCreateBase):
     spec: TestJobSpec = Field(default_factory=TestJobSpec)
 
 
-JobCreate = Annotated[TestJobCreate, Field(discriminator="kind")]
+class DatasetJobCreate(JobCreateBase):
+    kind: Literal["dataset"]
+    spec: DatasetSpec
+
+
+JobCreate = Annotated[TestJobCreate | DatasetJobCreate, Field(discriminator="kind")]
 
 
 class JobError(BaseModel):

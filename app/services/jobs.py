@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.models import TERMINAL_STATUSES, Job, JobEvent, new_id, utcnow
+from app.models import TERMINAL_STATUSES, Artifact, Job, JobEvent, new_id, utcnow
 from app.queue import enqueue
 from app.schemas.jobs import JobCreateBase
 from app.services import transitions
@@ -65,6 +65,30 @@ def _replay(session: Session, team_id: str, key: str, body_hash: str) -> dict[st
     return get(session, team_id=team_id, job_id=row.id)
 
 
+def _check_spec(session: Session, caller: Caller, kind: str, body: JobCreateBase, settings: Settings) -> None:
+    """What the schema cannot know: references to the team's artifacts, server-side settings."""
+    source = getattr(getattr(body, "spec", None), "source", None)
+    if kind != "dataset" or source is None:
+        return
+    loc = ["body", "spec", "source"]
+    if source.type == "artifact":
+        exists = session.execute(select(Artifact.id).where(Artifact.id == source.artifact_id,
+                                                            Artifact.team_id == caller.team_id)).first()
+        if exists is None:
+            raise InvalidRequest(f"spec.source.artifact_id: no artifact {source.artifact_id} in your team.",
+                                 errors=[{"loc": [*loc, "artifact_id"], "msg": "unknown artifact"}])
+    elif source.type == "local":
+        base = settings.local_datasets_dir
+        if base is None:
+            raise InvalidRequest("spec.source: local sources are disabled on this server "
+                                 "(TUNEQ_LOCAL_DATASETS_DIR is not set); upload the files with POST /v1/files.",
+                                 errors=[{"loc": [*loc, "type"], "msg": "disabled"}])
+        path = (base / source.path).resolve()
+        if not path.is_relative_to(base.resolve()) or not path.is_dir():
+            raise InvalidRequest(f"spec.source.path: no dataset directory '{source.path}' on this server.",
+                                 errors=[{"loc": [*loc, "path"], "msg": "not found"}])
+
+
 def _check_dependencies(session: Session, team_id: str, depends_on: list[str]) -> bool:
     """True when every dependency already succeeded; 422 when one is unknown or failed."""
     if not depends_on:
@@ -99,6 +123,7 @@ def submit(
     if kind == "test" and not settings.enable_test_jobs:
         raise InvalidRequest("Job kind 'test' is disabled on this server (TUNEQ_ENABLE_TEST_JOBS).",
                              errors=[{"loc": ["body", "kind"], "msg": "disabled"}])
+    _check_spec(session, caller, kind, body, settings)
     body_hash = request_hash(body)
     if idempotency_key:
         replay = _replay(session, caller.team_id, idempotency_key, body_hash)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from workers.chat.render import render
-from workers.chat.tokenizer import build_hf_tokenizer, derive_merges, get_tokenizer, load_ranks
+from app.chat.render import render
+from app.chat.tokenizer import build_hf_tokenizer, derive_merges, get_tokenizer, load_ranks
 
 
 @functools.cache

@@ -2,8 +2,8 @@
 
 import pytest
 
-from workers.chat.render import render, render_batch, render_pieces, render_prompt
-from workers.chat.tokenizer import END_THINK, IM_END, IM_START, NEWLINE, THINK, get_tokenizer
+from app.chat.render import render, render_batch, render_pieces, render_prompt
+from app.chat.tokenizer import END_THINK, IM_END, IM_START, NEWLINE, THINK, get_tokenizer
 
 SYSTEM = [IM_START, 8948, NEWLINE]  # <|im_start|>system\n
 USER = [IM_START, 872, NEWLINE]  # <|im_start|>user\n

@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from workers.chat.shapes import ShapeError, UnknownShapeError, converter_for, detect_shape
+from app.chat.shapes import ShapeError, UnknownShapeError, converter_for, detect_shape
 
 CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
 

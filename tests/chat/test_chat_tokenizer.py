@@ -1,6 +1,6 @@
 """The offline Qwen3 tokenizer: known ids, added-token rules, normalisation, batch/decode round trips."""
 
-from workers.chat.tokenizer import (
+from app.chat.tokenizer import (
     ADDED_TOKENS,
     END_THINK,
     ENDOFTEXT,

@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from workers.chat.chatml import (
+from app.chat.chatml import (
     Reason,
     apply_system_prompt,
     conversation_hash,

@@ -407,6 +407,18 @@ def test_local_dataset_bad_file_names_the_file(tmp_path: Path) -> None:
     assert str(tmp_path) not in err.message
 
 
+def test_local_dataset_leaves_no_files_in_the_datasets_cache(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    cache = tmp_path / "hf-datasets-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    root = tmp_path / "ds"
+    _jsonl(root / "train.jsonl", [{"x": 1}])
+    assert list(iter_local_dataset_rows(root, split="train")) == [(1, {"x": 1})]
+    assert not cache.exists() or not any(cache.iterdir())
+
+
 def test_local_dataset_missing_dir(tmp_path: Path) -> None:
     with pytest.raises(SourceError) as info:
         iter_local_dataset_rows(tmp_path / "nope", split="train")

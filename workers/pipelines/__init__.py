@@ -6,10 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from workers.lease import JobContext
-from workers.pipelines import test_job
+from workers.pipelines import dataset, test_job
 
 Pipeline = Callable[[dict[str, Any], JobContext], dict[str, Any]]
 
 PIPELINES: dict[str, Pipeline] = {
+    "dataset": dataset.run,
     "test": test_job.run,
 }

@@ -30,7 +30,7 @@ Special tokens split the text anyway; the only place separate encoding can diffe
 whole string is a body that starts with whitespace containing a newline (e.g. `"\\n\\nHi"`): whole-string BPE
 would join the header's `\\n` with it (`\\n\\n\\n` as one token). We keep the split: at sampling time the prompt
 always ends with the header's own `\\n` token, so the split form is what the model actually continues from.
-Special-token strings typed inside content (`<|im_end|>`) stay plain text; see `workers.chat.tokenizer`.
+Special-token strings typed inside content (`<|im_end|>`) stay plain text; see `app.chat.tokenizer`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from workers.chat.tokenizer import IM_END, IM_START, NEWLINE, get_tokenizer
+from app.chat.tokenizer import IM_END, IM_START, NEWLINE, get_tokenizer
 
 TrainOn = Literal["all_assistant", "last_assistant"]
 TRAIN_ON: tuple[TrainOn, ...] = ("all_assistant", "last_assistant")

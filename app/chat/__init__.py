@@ -4,7 +4,7 @@ ChatML rows (`chatml`), source shapes to ChatML (`shapes`), the exact offline Qw
 Qwen3 renderer that turns a conversation into tokens and loss weights (`render`).
 """
 
-from workers.chat.chatml import (
+from app.chat.chatml import (
     Message,
     Problem,
     Reason,
@@ -13,9 +13,9 @@ from workers.chat.chatml import (
     normalize_key,
     validate_conversation,
 )
-from workers.chat.render import Piece, Rendered, TrainOn, render, render_batch, render_pieces, render_prompt
-from workers.chat.shapes import ShapeError, UnknownShapeError, converter_for, detect_shape
-from workers.chat.tokenizer import QwenTokenizer, get_tokenizer
+from app.chat.render import Piece, Rendered, TrainOn, render, render_batch, render_pieces, render_prompt
+from app.chat.shapes import ShapeError, UnknownShapeError, converter_for, detect_shape
+from app.chat.tokenizer import QwenTokenizer, get_tokenizer
 
 __all__ = [
     "Message",

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from workers.chat.chatml import ROLES, Message
+from app.chat.chatml import ROLES, Message
 
 Converter = Callable[[Mapping[str, Any]], list[Message]]
 
