@@ -13,7 +13,18 @@ from app.chat.chatml import (
     normalize_key,
     validate_conversation,
 )
-from app.chat.render import Piece, Rendered, TrainOn, render, render_batch, render_pieces, render_prompt
+from app.chat.render import (
+    Piece,
+    Rendered,
+    TrainOn,
+    count_batch,
+    count_planned,
+    plan_batch,
+    render,
+    render_batch,
+    render_pieces,
+    render_prompt,
+)
 from app.chat.shapes import ShapeError, UnknownShapeError, converter_for, detect_shape
 from app.chat.tokenizer import QwenTokenizer, get_tokenizer
 
@@ -30,6 +41,9 @@ __all__ = [
     "apply_system_prompt",
     "conversation_hash",
     "converter_for",
+    "count_batch",
+    "count_planned",
+    "plan_batch",
     "detect_shape",
     "get_tokenizer",
     "normalize_key",

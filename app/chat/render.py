@@ -56,7 +56,7 @@ class Rendered:
 
     @property
     def trained_tokens(self) -> int:
-        return sum(1 for w in self.weights if w)
+        return len(self.weights) - self.weights.count(0.0)
 
 
 class Piece(NamedTuple):
@@ -189,6 +189,57 @@ def render_batch(
         out.append(_assemble(roles, encoded[start:end], weights))
         start = end
     return out
+
+
+Planned = tuple[list[tuple[list[str], list[str], list[float]]], list[str]]
+
+
+def plan_batch(
+    conversations: Sequence[Sequence[Mapping[str, Any]]],
+    *,
+    train_on: TrainOn = "all_assistant",
+    enable_thinking: bool = True,
+) -> Planned:
+    """The Python half of rendering (roles, body texts, weights), separable from the encoding half so a
+    pipeline can plan batch k+1 while batch k is being tokenized on another thread."""
+    plans = []
+    texts: list[str] = []
+    for messages in conversations:
+        if not messages:
+            raise ValueError("cannot render an empty conversation")
+        plan = _plan(messages, train_on, enable_thinking)
+        plans.append(plan)
+        texts += plan[1]
+    return plans, texts
+
+
+def count_planned(planned: Planned) -> list[tuple[int, int]]:
+    """(tokens, trained tokens) per planned conversation, exactly as `render_batch` would give, without
+    building token and weight lists (dataset jobs only need the counts)."""
+    plans, texts = planned
+    lengths = get_tokenizer().count_batch(texts)
+    out: list[tuple[int, int]] = []
+    start = 0
+    for roles, _, weights in plans:
+        # Per message: header + body + <|im_end|>; plus one "\n" after each message.
+        total = trained = 0
+        for role, w, n in zip(roles, weights, lengths[start : start + len(roles)], strict=True):
+            total += len(_header(role)) + n + 2
+            if w:
+                trained += n + 1
+        out.append((total, trained))
+        start += len(roles)
+    return out
+
+
+def count_batch(
+    conversations: Sequence[Sequence[Mapping[str, Any]]],
+    *,
+    train_on: TrainOn = "all_assistant",
+    enable_thinking: bool = True,
+) -> list[tuple[int, int]]:
+    """(tokens, trained tokens) per conversation, as `render_batch` would give."""
+    return count_planned(plan_batch(conversations, train_on=train_on, enable_thinking=enable_thinking))
 
 
 def render_pieces(

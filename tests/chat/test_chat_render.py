@@ -169,3 +169,17 @@ def test_bad_arguments_are_rejected():
         render(MULTI, train_on="everything")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="empty"):
         render([])
+
+
+def test_count_batch_matches_render_batch() -> None:
+    from app.chat import count_batch, render_batch
+
+    convs = [
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+        [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"},
+         {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"}, {"role": "user", "content": "3+3?"},
+         {"role": "assistant", "content": "6"}],
+    ]
+    for train_on in ("all_assistant", "last_assistant"):
+        rendered = render_batch(convs, train_on=train_on)
+        assert count_batch(convs, train_on=train_on) == [(len(r.tokens), r.trained_tokens) for r in rendered]

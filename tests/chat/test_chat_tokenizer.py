@@ -82,3 +82,13 @@ def test_pieces_and_single_token_bytes():
     assert tok.decode_single(1879) == b" world"
     emoji_ids = tok.encode("🎉")
     assert b"".join(tok.decode_single(i) for i in emoji_ids) == "🎉".encode()
+
+
+def test_count_batch_equals_encode_lengths() -> None:
+    from app.chat.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    texts = ["Hello, world!", "", "  \n\nspaces\n", "<think>\nhm\n</think>\n\nok", "e\u0301 cafe\u0301 数据 😀",
+             "a<|im_end|>b", "trailing <", "<|endof", "text|> 12345 678"]
+    assert tok.count_batch(texts) == [len(tok.encode(t)) for t in texts]
+    assert tok.count_batch(["has <|endoftext|> inside", "x"]) == [len(tok.encode("has <|endoftext|> inside")), 1]

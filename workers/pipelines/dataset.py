@@ -1,7 +1,7 @@
 """Dataset jobs: rows from a source → ChatML → validated, cleaned, split → JSONL artifacts (DESIGN.md §4).
 
-Memory stays flat as rows grow: kept rows are streamed to a staging file; only their offsets, token counts
-and 8-byte dedupe hashes stay in memory. A re-run (redelivery) starts over and replaces its outputs
+Memory stays flat as rows grow: kept rows are streamed to a staging file; only their offsets, row numbers,
+token counts and 8-byte dedupe hashes stay in memory (32 bytes a row, in arrays). A re-run (redelivery) starts over and replaces its outputs
 atomically, so no one ever sees a partial artifact.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from app.chat import (
     apply_system_prompt,
     conversation_hash,
     converter_for,
+    count_planned,
     detect_shape,
-    render_batch,
+    plan_batch,
     validate_conversation,
 )
 from app.db import session_scope
@@ -109,65 +111,59 @@ def _run(spec: DatasetSpec, ctx: JobContext, workdir: Path) -> dict[str, Any]:
     shape = _detect(spec, head, ctx)
     convert = converter_for(shape)
     drops = Drops()
-    seen: set[int] = set()
-    offsets, tokens, trained = array("Q"), array("I"), array("I")
+    # 32 bytes per kept row; duplicates are found at the end by sorting the hashes (no set of objects).
+    offsets, numbers, hashes = array("Q"), array("Q"), array("Q")
+    tokens, trained = array("I"), array("I")
     staging_path = workdir / ".staging.jsonl"
     read = 0
     last_progress = last_event = time.monotonic()
     all_rows = _chain(head, rows)
 
-    with open(staging_path, "wb") as staging:
+    def keep(candidates: list[tuple[int, list[Any]]], counts: list[tuple[int, int]]) -> None:
+        for (number, messages), (n, n_trained) in zip(candidates, counts, strict=True):
+            if spec.max_tokens is not None and n > spec.max_tokens:
+                drops.add("too_long", number, "messages", f"renders to {n} tokens, over max_tokens={spec.max_tokens}")
+                continue
+            if spec.dedupe:
+                hashes.append(int.from_bytes(conversation_hash(messages)[:8], "little"))
+            numbers.append(number)
+            offsets.append(staging.tell())
+            staging.write(orjson.dumps({"messages": messages}) + b"\n")
+            tokens.append(n)
+            trained.append(n_trained)
+
+    # Tokenizing batch k (tiktoken releases the GIL) overlaps with parsing and validating batch k+1.
+    with open(staging_path, "wb") as staging, ThreadPoolExecutor(1, thread_name_prefix="tokenize") as encoder:
+        pending: tuple[list[tuple[int, list[Any]]], Future[list[tuple[int, int]]]] | None = None
         while True:
             batch = list(islice(all_rows, BATCH))
             if not batch:
                 break
             read += len(batch)
-            candidates: list[tuple[int, list[Any]]] = []
-            for number, row in batch:
-                try:
-                    messages: list[Any] = convert(row)
-                except ShapeError as exc:
-                    drops.add("bad_shape", number, exc.field, exc.message)
-                    continue
-                if spec.system_prompt is not None:
-                    messages = list(apply_system_prompt(messages, spec.system_prompt, spec.system_prompt_mode))
-                problem = validate_conversation(messages, min_turns=spec.min_turns)
-                if problem is not None:
-                    drops.add(str(problem.reason), number, problem.field, problem.message)
-                    continue
-                candidates.append((number, messages))
-            rendered = render_batch([m for _, m in candidates], train_on=spec.train_on,
-                                    enable_thinking=spec.enable_thinking)
-            for (number, messages), r in zip(candidates, rendered, strict=True):
-                n = len(r.tokens)
-                if spec.max_tokens is not None and n > spec.max_tokens:
-                    drops.add("too_long", number, "messages",
-                              f"renders to {n} tokens, over max_tokens={spec.max_tokens}")
-                    continue
-                if spec.dedupe:
-                    key = int.from_bytes(conversation_hash(messages)[:8], "little")
-                    if key in seen:
-                        drops.add("duplicate", number, "messages", "the same conversation as an earlier row")
-                        continue
-                    seen.add(key)
-                offsets.append(staging.tell())
-                staging.write(orjson.dumps({"messages": messages}) + b"\n")
-                tokens.append(n)
-                trained.append(r.trained_tokens)
+            candidates = _valid(spec, convert, batch, drops)
+            planned = plan_batch([m for _, m in candidates], train_on=spec.train_on,
+                                 enable_thinking=spec.enable_thinking)
+            future = encoder.submit(count_planned, planned)
+            if pending is not None:
+                keep(pending[0], pending[1].result())
+            pending = (candidates, future)
             now = time.monotonic()
             if now - last_progress >= PROGRESS_SECONDS:
                 milestone = now - last_event >= EVENT_SECONDS
                 ctx.progress(read, None, "rows", event=milestone, extra={"kept": len(offsets)})
                 last_progress = now
                 last_event = now if milestone else last_event
+        if pending is not None:
+            keep(pending[0], pending[1].result())
 
-    ctx.progress(read, read, "rows", event=True, extra={"kept": len(offsets)})
-    if not offsets:
+    kept = _without_duplicates(hashes, numbers, drops) if spec.dedupe else np.arange(len(offsets))
+    ctx.progress(read, read, "rows", event=True, extra={"kept": len(kept)})
+    if not len(kept):
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(drops.counts.items())) or "the source is empty"
         raise JobFailed("no_rows", f"No row survived validation ({read} read; dropped {reasons}). "
                         "See result.dropped examples, or fix spec.shape / the source.",
                         details={"dropped": drops.counts, "examples": drops.examples})
-    result = _write_splits(spec, ctx, staging_path, offsets, tokens, trained)
+    result = _write_splits(spec, ctx, staging_path, kept, offsets, tokens, trained)
     staging_path.unlink(missing_ok=True)
     result.update({"shape": shape if isinstance(shape, str) else "mapping", "rows_in": read,
                    "rows_out": sum(s["rows"] for s in result["splits"].values()),
@@ -175,13 +171,49 @@ def _run(spec: DatasetSpec, ctx: JobContext, workdir: Path) -> dict[str, Any]:
     return result
 
 
+def _valid(spec: DatasetSpec, convert: Any, batch: list[Row], drops: Drops) -> list[tuple[int, list[Any]]]:
+    """Rows converted to ChatML that pass validation; the others are counted in `drops`."""
+    out: list[tuple[int, list[Any]]] = []
+    for number, row in batch:
+        try:
+            messages: list[Any] = convert(row)
+        except ShapeError as exc:
+            drops.add("bad_shape", number, exc.field, exc.message)
+            continue
+        if spec.system_prompt is not None:
+            messages = list(apply_system_prompt(messages, spec.system_prompt, spec.system_prompt_mode))
+        problem = validate_conversation(messages, min_turns=spec.min_turns)
+        if problem is not None:
+            drops.add(str(problem.reason), number, problem.field, problem.message)
+            continue
+        out.append((number, messages))
+    return out
+
+
 def _chain(head: list[Row], rest: Iterator[Row]) -> Iterator[Row]:
     yield from head
     yield from rest
 
 
-def _split_order(spec: DatasetSpec, n: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(spec.seed).permutation(n) if spec.shuffle else np.arange(n)
+def _without_duplicates(hashes: array, numbers: array, drops: Drops) -> np.ndarray:
+    """Indices of kept rows minus later repeats of the same conversation (a stable sort keeps the first)."""
+    keys = np.frombuffer(hashes, dtype=np.uint64)
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    repeats = np.sort(order[1:][ranked[1:] == ranked[:-1]])
+    if len(repeats):
+        drops.counts["duplicate"] = len(repeats)
+        drops.examples["duplicate"] = [
+            {"row": int(numbers[int(i)]), "field": "messages", "message": "the same conversation as an earlier row"}
+            for i in repeats[:EXAMPLES_PER_REASON]
+        ]
+    keep = np.ones(len(keys), dtype=bool)
+    keep[repeats] = False
+    return np.flatnonzero(keep)
+
+
+def _split_order(spec: DatasetSpec, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(spec.seed).permutation(kept) if spec.shuffle else kept
     if spec.max_examples is not None:
         order = order[: spec.max_examples]
     if spec.validation_rows is not None:
@@ -200,9 +232,9 @@ def _token_stats(idx: np.ndarray, tokens: np.ndarray, trained: np.ndarray) -> di
                                    "p95": int(np.percentile(t, 95)), "max": int(t.max())}}
 
 
-def _write_splits(spec: DatasetSpec, ctx: JobContext, staging_path: Path, offsets: array, tokens: array,
-                  trained: array) -> dict[str, Any]:
-    train_idx, val_idx = _split_order(spec, len(offsets))
+def _write_splits(spec: DatasetSpec, ctx: JobContext, staging_path: Path, kept: np.ndarray, offsets: array,
+                  tokens: array, trained: array) -> dict[str, Any]:
+    train_idx, val_idx = _split_order(spec, kept)
     tok, trn = np.frombuffer(tokens, dtype=np.uint32).astype(np.int64), np.frombuffer(trained, dtype=np.uint32)
     trn = trn.astype(np.int64)
     outputs = []
