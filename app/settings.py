@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     run_reaper: bool = True  # the API runs the reaper loop; safe in several processes at once
     worker_concurrency: int = 2
 
+    # External services
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    openrouter_app_name: str = "tuneq"
+    openrouter_referer: str | None = None
+
     # Secrets for external services: plain names, as those services document them.
     tinker_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("TINKER_API_KEY"))
     openrouter_api_key: SecretStr | None = Field(

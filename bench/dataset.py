@@ -44,8 +44,12 @@ def run_job(var: Path, data: Path) -> tuple[dict, float]:
     Returns the job result and the seconds the job itself took (set-up excluded)."""
     os.environ.update({"TUNEQ_VAR_DIR": str(var), "TUNEQ_DATABASE_URL": f"sqlite:///{var / 'bench.db'}",
                        "TUNEQ_BROKER_URL": "redis://127.0.0.1:1/0", "TUNEQ_HEARTBEAT_SECONDS": "5"})
-    from app.db import session_scope
+    from app.db import reset_engine, session_scope
     from app.migrate import upgrade
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    reset_engine()
     from app.models import Artifact, Job
     from app.services import auth
     from workers.tasks import drive
@@ -118,12 +122,18 @@ def main() -> None:
         texts = [m["content"] for line in open(data, "rb") for m in orjson.loads(line)["messages"]]
         tok = get_tokenizer()
 
-        result, job_s = run_job(Path(tmp) / "var", data)
+        # Best of three for the job and for the encoder alike: this machine's speed drifts between runs.
+        job_s = float("inf")
+        for attempt in range(3):
+            result, seconds = run_job(Path(tmp) / f"var{attempt}", data)
+            job_s = min(job_s, seconds)
         job_tokens = result["splits"]["train"]["tokens"] + result["splits"]["validation"]["tokens"]
 
-        start = time.perf_counter()
-        encoded = tok.encode_batch(texts)
-        encoder_s = time.perf_counter() - start
+        encoder_s = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            encoded = tok.encode_batch(texts)
+            encoder_s = min(encoder_s, time.perf_counter() - start)
         content_tokens = sum(map(len, encoded))
 
         # The encoder against Hugging Face `tokenizers`, one thread each, same texts, same ids.

@@ -18,6 +18,7 @@ from app.api.deps import CallerDep, SessionDep, SettingsDep
 from app.api.responses import JSON
 from app.db import session_scope
 from app.schemas.jobs import EventList, JobCreate, JobList, JobRead
+from app.services import generation as generation_service
 from app.services import jobs as jobs_service
 from app.services.auth import Caller
 from app.settings import Settings
@@ -126,6 +127,21 @@ async def job_events(
             batch, _ = await run_in_threadpool(_events_page, caller.team_id, job_id, last, 1000)
 
     return EventSourceResponse(stream(), ping=15)
+
+
+@router.get("/jobs/{job_id}/items")
+def generation_items(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    status: Literal["pending", "ok", "failed"] | None = None,
+    after: Annotated[int, Query(ge=-1)] = -1,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Response:
+    """A generation job's items (e.g. `?status=failed` to see why items failed), paged by index."""
+    data, has_more = generation_service.list_items(session, team_id=caller.team_id, job_id=job_id, status=status,
+                                                   after=after, limit=limit)
+    return JSON({"data": data, "has_more": has_more, "next_cursor": data[-1]["index"] if has_more else None})
 
 
 @router.get("/jobs/{job_id}/wait", response_model=JobRead)

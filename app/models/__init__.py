@@ -4,6 +4,7 @@ from app.models.api_key import ApiKey
 from app.models.artifact import Artifact
 from app.models.base import Base, new_id, utcnow
 from app.models.checkpoint import Checkpoint
+from app.models.generation_item import GenerationItem
 from app.models.job import ACTIVE_STATUSES, TERMINAL_STATUSES, Job
 from app.models.job_event import JobEvent
 from app.models.metric import Metric
@@ -16,6 +17,7 @@ __all__ = [
     "Artifact",
     "Base",
     "Checkpoint",
+    "GenerationItem",
     "Job",
     "JobEvent",
     "Metric",

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.schemas.common import StrictModel
 from app.schemas.datasets import DatasetSpec
+from app.schemas.generation import GenerationSpec
 
 Label = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -37,7 +38,12 @@ class DatasetJobCreate(JobCreateBase):
     spec: DatasetSpec
 
 
-JobCreate = Annotated[TestJobCreate | DatasetJobCreate, Field(discriminator="kind")]
+class GenerationJobCreate(JobCreateBase):
+    kind: Literal["generation"]
+    spec: GenerationSpec
+
+
+JobCreate = Annotated[TestJobCreate | DatasetJobCreate | GenerationJobCreate, Field(discriminator="kind")]
 
 
 class JobError(BaseModel):

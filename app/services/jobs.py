@@ -15,6 +15,7 @@ from app.errors import Conflict, InvalidRequest, NotFound
 from app.models import TERMINAL_STATUSES, Artifact, Job, JobEvent, new_id, utcnow
 from app.queue import enqueue
 from app.schemas.jobs import JobCreateBase
+from app.services import generation as generation_service
 from app.services import transitions
 from app.services.auth import Caller
 from app.settings import Settings
@@ -66,17 +67,32 @@ def _replay(session: Session, team_id: str, key: str, body_hash: str) -> dict[st
 
 
 def _check_spec(session: Session, caller: Caller, kind: str, body: JobCreateBase, settings: Settings) -> None:
-    """What the schema cannot know: references to the team's artifacts, server-side settings."""
-    source = getattr(getattr(body, "spec", None), "source", None)
-    if kind != "dataset" or source is None:
-        return
+    """What the schema cannot know: references to the team's artifacts, server-side settings and keys."""
+    spec = getattr(body, "spec", None)
+    if kind == "dataset" and spec is not None:
+        _check_dataset_source(session, caller, spec.source, settings)
+    elif kind == "generation" and spec is not None:
+        if settings.openrouter_api_key is None:
+            raise InvalidRequest("Generation jobs need OPENROUTER_API_KEY, which this server does not have; "
+                                 "ask an operator to set it.", errors=[{"loc": ["body", "kind"], "msg": "no key"}])
+        if spec.source_artifact is not None:
+            _check_artifact(session, caller, spec.source_artifact, ["body", "spec", "source_artifact"])
+        generation_service.check_spec(spec)
+
+
+def _check_artifact(session: Session, caller: Caller, artifact_id: str, loc: list[Any]) -> None:
+    exists = session.execute(select(Artifact.id).where(Artifact.id == artifact_id,
+                                                        Artifact.team_id == caller.team_id)).first()
+    if exists is None:
+        field = ".".join(str(p) for p in loc[1:])
+        raise InvalidRequest(f"{field}: no artifact {artifact_id} in your team.",
+                             errors=[{"loc": loc, "msg": "unknown artifact"}])
+
+
+def _check_dataset_source(session: Session, caller: Caller, source: Any, settings: Settings) -> None:
     loc = ["body", "spec", "source"]
     if source.type == "artifact":
-        exists = session.execute(select(Artifact.id).where(Artifact.id == source.artifact_id,
-                                                            Artifact.team_id == caller.team_id)).first()
-        if exists is None:
-            raise InvalidRequest(f"spec.source.artifact_id: no artifact {source.artifact_id} in your team.",
-                                 errors=[{"loc": [*loc, "artifact_id"], "msg": "unknown artifact"}])
+        _check_artifact(session, caller, source.artifact_id, [*loc, "artifact_id"])
     elif source.type == "local":
         base = settings.local_datasets_dir
         if base is None:

@@ -92,3 +92,11 @@ def test_count_batch_equals_encode_lengths() -> None:
              "a<|im_end|>b", "trailing <", "<|endof", "text|> 12345 678"]
     assert tok.count_batch(texts) == [len(tok.encode(t)) for t in texts]
     assert tok.count_batch(["has <|endoftext|> inside", "x"]) == [len(tok.encode("has <|endoftext|> inside")), 1]
+
+
+def test_count_batch_threaded_path_matches() -> None:
+    from app.chat.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    texts = [f"row {i}: caf\u00e9 <think>{i}</think> " + "word " * (i % 37) for i in range(600)]
+    assert tok.count_batch(texts, num_threads=2) == [len(tok.encode(t)) for t in texts]

@@ -22,10 +22,10 @@ from app.chat import (
     ShapeError,
     UnknownShapeError,
     apply_system_prompt,
-    conversation_hash,
     converter_for,
     count_planned,
     detect_shape,
+    normalize_key,
     plan_batch,
     validate_conversation,
 )
@@ -112,25 +112,33 @@ def _run(spec: DatasetSpec, ctx: JobContext, workdir: Path) -> dict[str, Any]:
     convert = converter_for(shape)
     drops = Drops()
     # 32 bytes per kept row; duplicates are found at the end by sorting the hashes (no set of objects).
-    offsets, numbers, hashes = array("Q"), array("Q"), array("Q")
+    offsets, numbers, hashes = array("Q"), array("Q"), array("q")
     tokens, trained = array("I"), array("I")
     staging_path = workdir / ".staging.jsonl"
     read = 0
     last_progress = last_event = time.monotonic()
     all_rows = _chain(head, rows)
 
+    written = 0
+
     def keep(candidates: list[tuple[int, list[Any]]], counts: list[tuple[int, int]]) -> None:
+        nonlocal written
+        lines = []
         for (number, messages), (n, n_trained) in zip(candidates, counts, strict=True):
             if spec.max_tokens is not None and n > spec.max_tokens:
                 drops.add("too_long", number, "messages", f"renders to {n} tokens, over max_tokens={spec.max_tokens}")
                 continue
             if spec.dedupe:
-                hashes.append(int.from_bytes(conversation_hash(messages)[:8], "little"))
+                # 64-bit hash of the normalized conversation; equal keys are resolved at the end of the job
+                hashes.append(hash(normalize_key(messages)))
+            line = orjson.dumps({"messages": messages}, option=orjson.OPT_APPEND_NEWLINE)
             numbers.append(number)
-            offsets.append(staging.tell())
-            staging.write(orjson.dumps({"messages": messages}) + b"\n")
+            offsets.append(written)
+            written += len(line)
+            lines.append(line)
             tokens.append(n)
             trained.append(n_trained)
+        staging.write(b"".join(lines))
 
     # Tokenizing batch k (tiktoken releases the GIL) overlaps with parsing and validating batch k+1.
     with open(staging_path, "wb") as staging, ThreadPoolExecutor(1, thread_name_prefix="tokenize") as encoder:
@@ -197,7 +205,7 @@ def _chain(head: list[Row], rest: Iterator[Row]) -> Iterator[Row]:
 
 def _without_duplicates(hashes: array, numbers: array, drops: Drops) -> np.ndarray:
     """Indices of kept rows minus later repeats of the same conversation (a stable sort keeps the first)."""
-    keys = np.frombuffer(hashes, dtype=np.uint64)
+    keys = np.frombuffer(hashes, dtype=np.int64)
     order = np.argsort(keys, kind="stable")
     ranked = keys[order]
     repeats = np.sort(order[1:][ranked[1:] == ranked[:-1]])

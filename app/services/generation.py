@@ -1,0 +1,168 @@
+"""Generation rules shared by the API (checks at submit, the items route) and the worker:
+prompt templates, item variables, dialogue parsing, and the generation_item queries."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jinja2
+import orjson
+from jinja2.sandbox import SandboxedEnvironment
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.errors import InvalidRequest, NotFound
+from app.models import GenerationItem, Job, utcnow
+from app.schemas.generation import GenerationSpec
+
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+ROLE_ALIASES = {"student": "user", "human": "user", "mentor": "assistant", "tutor": "assistant", "gpt": "assistant"}
+
+
+def compile_template(text: str, field: str = "spec.prompt") -> jinja2.Template:
+    try:
+        return _ENV.from_string(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise InvalidRequest(f"{field}: template error on line {exc.lineno}: {exc.message}",
+                             errors=[{"loc": ["body", *field.split("."), "line", exc.lineno], "msg": str(exc.message)}]
+                             ) from None
+
+
+def item_count(spec: GenerationSpec, source_rows: int | None = None) -> int:
+    if spec.topics is not None:
+        return len(spec.topics) * spec.per_topic
+    if spec.count is not None:
+        return spec.count
+    assert source_rows is not None
+    return source_rows
+
+
+def item_vars(spec: GenerationSpec, resolved: dict[str, Any], index: int, row: Any = None) -> dict[str, Any]:
+    """What a template sees for item `index`."""
+    values: dict[str, Any] = {**resolved["vars"], "index": index, "seed": spec.seed + index, "variant": 0,
+                              "topic": None, "row": row}
+    if spec.topics is not None:
+        values["topic"] = spec.topics[index // spec.per_topic]
+        values["variant"] = index % spec.per_topic
+    return values
+
+
+def render(template: jinja2.Template, values: dict[str, Any]) -> str:
+    try:
+        return template.render(**values)
+    except jinja2.UndefinedError as exc:
+        raise ValueError(f"template uses an undefined variable: {exc.message}") from None
+
+
+def check_spec(spec: GenerationSpec) -> None:
+    """Fail at submit when the template cannot render for the first item."""
+    resolved = spec.resolved()
+    template = compile_template(resolved["prompt"])
+    if resolved["system"]:
+        compile_template(resolved["system"], "spec.system")
+    if spec.source_artifact is None:
+        try:
+            render(template, item_vars(spec, resolved, 0))
+        except ValueError as exc:
+            raise InvalidRequest(f"spec.prompt: {exc}. Available: topic, variant, index, seed, row, and spec.vars.",
+                                 errors=[{"loc": ["body", "spec", "prompt"], "msg": str(exc)}]) from None
+
+
+def parse_dialogue(content: str) -> list[dict[str, Any]]:
+    """The model's JSON dialogue as ChatML messages; ValueError says what was wrong."""
+    match = _FENCE.match(content)
+    text = match.group(1) if match else content.strip()
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"the reply is not JSON ({exc})") from None
+    if isinstance(data, dict):
+        data = next((data[k] for k in ("messages", "dialogue", "conversation", "turns") if k in data), None)
+    if not isinstance(data, list):
+        raise ValueError("the reply has no 'messages' list")
+    messages = []
+    for i, turn in enumerate(data):
+        if not isinstance(turn, dict):
+            raise ValueError(f"messages[{i}] is not an object")
+        role = str(turn.get("role", turn.get("from", ""))).lower()
+        messages.append({"role": ROLE_ALIASES.get(role, role), "content": turn.get("content", turn.get("value"))})
+    return messages
+
+
+# ---- generation_item queries ------------------------------------------------------------------
+
+
+def ensure_items(session: Session, job_id: str, n: int) -> None:
+    """Create the item rows once; a re-run finds them and keeps their results."""
+    have = session.scalar(select(func.count()).select_from(GenerationItem).where(GenerationItem.job_id == job_id))
+    if have:
+        return
+    now = utcnow()
+    for start in range(0, n, 5000):
+        session.execute(insert(GenerationItem), [
+            {"job_id": job_id, "index": i, "status": "pending", "attempts": 0, "prompt_tokens": 0,
+             "completion_tokens": 0, "cost_usd": 0.0, "updated_at": now}
+            for i in range(start, min(n, start + 5000))
+        ])
+
+
+def pending_indices(session: Session, job_id: str) -> list[int]:
+    return list(session.scalars(select(GenerationItem.index).where(
+        GenerationItem.job_id == job_id, GenerationItem.status == "pending").order_by(GenerationItem.index)))
+
+
+def record(session: Session, job_id: str, results: list[dict[str, Any]]) -> None:
+    """Store finished items: dicts with index, status, attempts, output, tokens, cost, error."""
+    now = utcnow()
+    for r in results:
+        session.execute(
+            update(GenerationItem)
+            .where(GenerationItem.job_id == job_id, GenerationItem.index == r["index"])
+            .values(status=r["status"], attempts=GenerationItem.attempts + r["attempts"], output=r.get("output"),
+                    prompt_tokens=r.get("prompt_tokens", 0), completion_tokens=r.get("completion_tokens", 0),
+                    cost_usd=r.get("cost_usd", 0.0), error=r.get("error"), updated_at=now)
+        )
+
+
+def totals(session: Session, job_id: str) -> dict[str, Any]:
+    row = session.execute(select(
+        func.count(), func.coalesce(func.sum(GenerationItem.cost_usd), 0.0),
+        func.coalesce(func.sum(GenerationItem.attempts), 0),
+        func.coalesce(func.sum(GenerationItem.prompt_tokens), 0),
+        func.coalesce(func.sum(GenerationItem.completion_tokens), 0),
+    ).where(GenerationItem.job_id == job_id)).one()
+    by_status = dict(session.execute(select(GenerationItem.status, func.count()).where(
+        GenerationItem.job_id == job_id).group_by(GenerationItem.status)).tuples().all())
+    return {"items": row[0], "cost_usd": float(row[1]), "calls": int(row[2]), "prompt_tokens": int(row[3]),
+            "completion_tokens": int(row[4]), "by_status": by_status}
+
+
+def failures_by_reason(session: Session, job_id: str) -> dict[str, int]:
+    rows = session.execute(select(GenerationItem.error).where(GenerationItem.job_id == job_id,
+                                                             GenerationItem.status == "failed")).scalars()
+    counts: dict[str, int] = {}
+    for err in rows:
+        code = (err or {}).get("code", "unknown")
+        counts[code] = counts.get(code, 0) + 1
+    return counts
+
+
+def ok_outputs(session: Session, job_id: str) -> Any:
+    return session.execute(select(GenerationItem.index, GenerationItem.output).where(
+        GenerationItem.job_id == job_id, GenerationItem.status == "ok").order_by(GenerationItem.index)
+        .execution_options(yield_per=1000))
+
+
+def list_items(session: Session, *, team_id: str, job_id: str, status: str | None, after: int, limit: int
+               ) -> tuple[list[dict[str, Any]], bool]:
+    if session.execute(select(Job.id).where(Job.id == job_id, Job.team_id == team_id)).first() is None:
+        raise NotFound(f"No job {job_id} in your team.")
+    query = select(GenerationItem.index, GenerationItem.status, GenerationItem.attempts, GenerationItem.output,
+                   GenerationItem.prompt_tokens, GenerationItem.completion_tokens, GenerationItem.cost_usd,
+                   GenerationItem.error).where(GenerationItem.job_id == job_id, GenerationItem.index > after)
+    if status:
+        query = query.where(GenerationItem.status == status)
+    rows = session.execute(query.order_by(GenerationItem.index).limit(limit + 1)).all()
+    return [r._asdict() for r in rows[:limit]], len(rows) > limit
