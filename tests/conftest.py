@@ -13,6 +13,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from tests.fakes.openrouter_server import FakeOpenRouter
 from tests.support import EMBEDDED_REDIS, Stack, free_port
 
 TEST_SETTINGS = {
@@ -80,11 +81,23 @@ def _reload_settings() -> None:
     reset_client()
 
 
+OPENROUTER_TEST_KEY = "sk-or-v1-tuneq-test-key-0123456789abcdef"
+
+
 @pytest.fixture(scope="session")
-def stack(backend: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def fake_openrouter() -> Iterator[FakeOpenRouter]:
+    """A real HTTP server on loopback speaking the chat-completions wire format (tests/fakes)."""
+    with FakeOpenRouter(api_key=OPENROUTER_TEST_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def stack(backend: dict[str, str], fake_openrouter: FakeOpenRouter,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A uvicorn API (which runs the reaper) and one Celery worker, as separate processes."""
     logs = tmp_path_factory.mktemp("logs")
-    s = Stack(env={**os.environ, **backend}, base_url=f"http://127.0.0.1:{free_port()}", logs=logs)
+    services = {"OPENROUTER_API_KEY": OPENROUTER_TEST_KEY, "TUNEQ_OPENROUTER_BASE_URL": fake_openrouter.url}
+    s = Stack(env={**os.environ, **backend, **services}, base_url=f"http://127.0.0.1:{free_port()}", logs=logs)
     s.start_api()
     s.start_worker()
     yield s

@@ -7,7 +7,11 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.services import artifacts as artifacts_service
@@ -87,12 +91,20 @@ class JobContext:
     def event(self, type_: str, data: dict[str, Any]) -> None:
         self.update({}, [(type_, data)])
 
-    def publish_artifacts(self, outputs: list[dict[str, Any]]) -> list[str]:
-        """Register committed files as this job's artifacts, replacing any from an earlier attempt."""
+    @contextmanager
+    def fenced(self, values: dict[str, Any] | None = None,
+               events: list[tuple[str, dict[str, Any]]] | None = None) -> Iterator[Session]:
+        """A transaction that first proves (and renews) the lease; other writes may join it."""
         if self.lease_lost.is_set():
             raise LeaseLost(self.job_id)
         with session_scope() as session:
-            transitions.fenced_update(session, self.job_id, self.token, {})
+            if transitions.fenced_update(session, self.job_id, self.token, values or {}, events):
+                self.cancel_requested.set()
+            yield session
+
+    def publish_artifacts(self, outputs: list[dict[str, Any]]) -> list[str]:
+        """Register committed files as this job's artifacts, replacing any from an earlier attempt."""
+        with self.fenced() as session:
             artifacts_service.forget_job_artifacts(session, self.job_id)
             return [
                 artifacts_service.register(session, team_id=self.team_id, job_id=self.job_id, kind=o["kind"],

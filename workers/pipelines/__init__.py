@@ -6,11 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from workers.lease import JobContext
-from workers.pipelines import dataset, test_job
+from workers.pipelines import dataset, generation, test_job
 
 Pipeline = Callable[[dict[str, Any], JobContext], dict[str, Any]]
 
 PIPELINES: dict[str, Pipeline] = {
     "dataset": dataset.run,
+    "generation": generation.run,
     "test": test_job.run,
 }
