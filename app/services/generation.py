@@ -9,7 +9,7 @@ from typing import Any
 import jinja2
 import orjson
 from jinja2.sandbox import SandboxedEnvironment
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest, NotFound
@@ -113,17 +113,30 @@ def pending_indices(session: Session, job_id: str) -> list[int]:
         GenerationItem.job_id == job_id, GenerationItem.status == "pending").order_by(GenerationItem.index)))
 
 
+_RECORD = (
+    update(GenerationItem)
+    .where(GenerationItem.job_id == bindparam("b_job_id"), GenerationItem.index == bindparam("b_index"))
+    .values(status=bindparam("b_status"), attempts=GenerationItem.attempts + bindparam("b_attempts"),
+            output=bindparam("b_output", type_=GenerationItem.output.type),
+            prompt_tokens=bindparam("b_prompt_tokens"), completion_tokens=bindparam("b_completion_tokens"),
+            cost_usd=bindparam("b_cost_usd"), error=bindparam("b_error", type_=GenerationItem.error.type),
+            updated_at=bindparam("b_updated_at", type_=GenerationItem.updated_at.type))
+)
+
+
 def record(session: Session, job_id: str, results: list[dict[str, Any]]) -> None:
-    """Store finished items: dicts with index, status, attempts, output, tokens, cost, error."""
+    """Store finished items (dicts with index, status, attempts, output, tokens, cost, error): one
+    executemany of a constant statement."""
+    if not results:
+        return
     now = utcnow()
-    for r in results:
-        session.execute(
-            update(GenerationItem)
-            .where(GenerationItem.job_id == job_id, GenerationItem.index == r["index"])
-            .values(status=r["status"], attempts=GenerationItem.attempts + r["attempts"], output=r.get("output"),
-                    prompt_tokens=r.get("prompt_tokens", 0), completion_tokens=r.get("completion_tokens", 0),
-                    cost_usd=r.get("cost_usd", 0.0), error=r.get("error"), updated_at=now)
-        )
+    session.connection().execute(_RECORD, [
+        {"b_job_id": job_id, "b_index": r["index"], "b_status": r["status"], "b_attempts": r["attempts"],
+         "b_output": r.get("output"), "b_prompt_tokens": r.get("prompt_tokens", 0),
+         "b_completion_tokens": r.get("completion_tokens", 0), "b_cost_usd": r.get("cost_usd", 0.0),
+         "b_error": r.get("error"), "b_updated_at": now}
+        for r in results
+    ])
 
 
 def totals(session: Session, job_id: str) -> dict[str, Any]:
