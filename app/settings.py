@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     openrouter_app_name: str = "tuneq"
     openrouter_referer: str | None = None
 
+    tinker_base_url: str | None = None
+    tinker_fake: str | None = None  # tests only: "module:factory" of a fake Tinker service client
+    tinker_fake_config: str | None = None  # tests only: JSON config for that factory
+    supported_base_models: list[str] = [
+        "Qwen/Qwen3-0.6B", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B", "Qwen/Qwen3-8B", "Qwen/Qwen3-14B",
+        "Qwen/Qwen3-32B", "Qwen/Qwen3-30B-A3B", "Qwen/Qwen3-235B-A22B",
+    ]
+
     # Secrets for external services: plain names, as those services document them.
     tinker_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("TINKER_API_KEY"))
     openrouter_api_key: SecretStr | None = Field(

@@ -3,6 +3,7 @@ TUNEQ_TEST_DATABASE_URL / TUNEQ_TEST_BROKER_URL to run the same suite on Postgre
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -96,7 +97,11 @@ def stack(backend: dict[str, str], fake_openrouter: FakeOpenRouter,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A uvicorn API (which runs the reaper) and one Celery worker, as separate processes."""
     logs = tmp_path_factory.mktemp("logs")
-    services = {"OPENROUTER_API_KEY": OPENROUTER_TEST_KEY, "TUNEQ_OPENROUTER_BASE_URL": fake_openrouter.url}
+    tinker_state = tmp_path_factory.mktemp("tinker")
+    tinker_config = {"state_dir": str(tinker_state), "latency": {"forward_backward": 0.02, "optim_step": 0.005}}
+    services = {"OPENROUTER_API_KEY": OPENROUTER_TEST_KEY, "TUNEQ_OPENROUTER_BASE_URL": fake_openrouter.url,
+                "TUNEQ_TINKER_FAKE": "tests.fakes.tinker_fake:make_fake_service_client",
+                "TUNEQ_TINKER_FAKE_CONFIG": json.dumps(tinker_config)}
     s = Stack(env={**os.environ, **backend, **services}, base_url=f"http://127.0.0.1:{free_port()}", logs=logs)
     s.start_api()
     s.start_worker()

@@ -20,6 +20,7 @@ from app.db import session_scope
 from app.schemas.jobs import EventList, JobCreate, JobList, JobRead
 from app.services import generation as generation_service
 from app.services import jobs as jobs_service
+from app.services import training as training_service
 from app.services.auth import Caller
 from app.settings import Settings
 
@@ -142,6 +143,27 @@ def generation_items(
     data, has_more = generation_service.list_items(session, team_id=caller.team_id, job_id=job_id, status=status,
                                                    after=after, limit=limit)
     return JSON({"data": data, "has_more": has_more, "next_cursor": data[-1]["index"] if has_more else None})
+
+
+@router.get("/jobs/{job_id}/metrics")
+def training_metrics(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    names: Annotated[str | None, Query(description="comma-separated, e.g. loss,val_loss,lr")] = None,
+    after_step: Annotated[int, Query(ge=-1)] = -1,
+) -> Response:
+    """A training job's per-step metrics as series of [step, value]."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
+    series = training_service.metric_series(session, team_id=caller.team_id, job_id=job_id, names=wanted,
+                                            after_step=after_step)
+    return JSON({"job_id": job_id, "series": series})
+
+
+@router.get("/jobs/{job_id}/checkpoints")
+def training_checkpoints(job_id: str, caller: CallerDep, session: SessionDep) -> Response:
+    """Checkpoints with their tinker:// paths as returned by Tinker, and the step each resumes at."""
+    return JSON({"data": training_service.list_checkpoints(session, team_id=caller.team_id, job_id=job_id)})
 
 
 @router.get("/jobs/{job_id}/wait", response_model=JobRead)

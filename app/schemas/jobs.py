@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from app.schemas.common import StrictModel
 from app.schemas.datasets import DatasetSpec
 from app.schemas.generation import GenerationSpec
+from app.schemas.training import TrainingSpec
 
 Label = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -43,7 +44,13 @@ class GenerationJobCreate(JobCreateBase):
     spec: GenerationSpec
 
 
-JobCreate = Annotated[TestJobCreate | DatasetJobCreate | GenerationJobCreate, Field(discriminator="kind")]
+class TrainingJobCreate(JobCreateBase):
+    kind: Literal["training"]
+    spec: TrainingSpec
+
+
+JobCreate = Annotated[TestJobCreate | DatasetJobCreate | GenerationJobCreate | TrainingJobCreate,
+                      Field(discriminator="kind")]
 
 
 class JobError(BaseModel):

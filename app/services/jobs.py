@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.models import TERMINAL_STATUSES, Artifact, Job, JobEvent, new_id, utcnow
+from app.models import TERMINAL_STATUSES, Artifact, Checkpoint, Job, JobEvent, new_id, utcnow
 from app.queue import enqueue
 from app.schemas.jobs import JobCreateBase
 from app.services import generation as generation_service
@@ -78,6 +78,39 @@ def _check_spec(session: Session, caller: Caller, kind: str, body: JobCreateBase
         if spec.source_artifact is not None:
             _check_artifact(session, caller, spec.source_artifact, ["body", "spec", "source_artifact"])
         generation_service.check_spec(spec)
+    elif kind == "training" and spec is not None:
+        _check_training(session, caller, spec, settings)
+
+
+def _check_training(session: Session, caller: Caller, spec: Any, settings: Settings) -> None:
+    loc = ["body", "spec"]
+    if settings.tinker_api_key is None and settings.tinker_fake is None:
+        raise InvalidRequest("Training jobs need TINKER_API_KEY, which this server does not have; "
+                             "ask an operator to set it.", errors=[{"loc": ["body", "kind"], "msg": "no key"}])
+    if spec.base_model not in settings.supported_base_models:
+        raise InvalidRequest(f"spec.base_model: '{spec.base_model}' is not supported here; use one of "
+                             f"{', '.join(settings.supported_base_models)}.",
+                             errors=[{"loc": [*loc, "base_model"], "msg": "unsupported model"}])
+    for name in ("train_artifact", "validation_artifact"):
+        artifact_id = getattr(spec, name)
+        if artifact_id is None:
+            continue
+        _check_artifact(session, caller, artifact_id, [*loc, name])
+        fmt = session.scalar(select(Artifact.format).where(Artifact.id == artifact_id))
+        if fmt != "chatml_jsonl":
+            raise InvalidRequest(f"spec.{name}: artifact {artifact_id} is a {fmt} file, not a ChatML dataset; "
+                                 "run a dataset job on it first.",
+                                 errors=[{"loc": [*loc, name], "msg": "not a ChatML dataset"}])
+        rows = session.scalar(select(Artifact.rows).where(Artifact.id == artifact_id))
+        if name == "train_artifact" and not rows:
+            raise InvalidRequest(f"spec.train_artifact: artifact {artifact_id} has no rows.",
+                                 errors=[{"loc": [*loc, name], "msg": "empty"}])
+    if spec.from_checkpoint and not spec.from_checkpoint.startswith("tinker://"):
+        found = session.execute(select(Checkpoint.id).join(Job, Job.id == Checkpoint.job_id).where(
+            Checkpoint.id == spec.from_checkpoint, Job.team_id == caller.team_id)).first()
+        if found is None:
+            raise InvalidRequest(f"spec.from_checkpoint: no checkpoint {spec.from_checkpoint} in your team.",
+                                 errors=[{"loc": [*loc, "from_checkpoint"], "msg": "unknown checkpoint"}])
 
 
 def _check_artifact(session: Session, caller: Caller, artifact_id: str, loc: list[Any]) -> None:

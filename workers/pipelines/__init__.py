@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workers.lease import JobContext
-from workers.pipelines import dataset, generation, test_job
+from workers.pipelines import dataset, generation, test_job, training
 
 Pipeline = Callable[[dict[str, Any], JobContext], dict[str, Any]]
 
@@ -14,4 +14,5 @@ PIPELINES: dict[str, Pipeline] = {
     "dataset": dataset.run,
     "generation": generation.run,
     "test": test_job.run,
+    "training": training.run,
 }

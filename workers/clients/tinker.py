@@ -1,0 +1,362 @@
+"""The one place Tinker clients come from (DESIGN.md §6), plus the pure helpers a training loop needs.
+
+``make_service_client(settings)`` builds a ``tinker.ServiceClient``. Call it inside the task that uses it,
+never at import time: the SDK runs all its I/O on one process-global event-loop thread, and that thread does
+not survive ``fork`` (a Celery prefork child would inherit a dead loop and hang). Building a ``ServiceClient``
+does no I/O; the first ``create_*`` call opens the session.
+
+Test seam, and the only override mechanism:
+
+* in-process: ``use_fake(factory)`` (plain call, or ``with use_fake(factory): ...``) makes
+  ``make_service_client`` return ``factory()``; ``use_fake(None)`` removes the override;
+* another process (a Celery worker started by a test): the setting ``tinker_fake`` names an importable
+  factory as ``"package.module:callable"`` and ``tinker_fake_config`` holds a JSON object; the callable is
+  called with the parsed object (or ``None``) and must return the client, e.g.
+  ``tests.fakes.tinker_fake:make_fake_service_client``.
+
+The API key is never logged, never put in an exception message, never in a repr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+import httpx
+import tinker
+from tinker import types
+
+from workers.errors import JobFailed
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TinkerNotConfigured",
+    "classify_error",
+    "datum_from",
+    "hidden_size_for",
+    "is_transient",
+    "is_user_error",
+    "lr_for",
+    "make_service_client",
+    "mean_loss",
+    "use_fake",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Factory and test seam
+# --------------------------------------------------------------------------------------------------------------
+
+class TinkerNotConfigured(JobFailed):
+    """Tinker cannot be used from this process: no API key (or a malformed one) in the settings."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("tinker_not_configured", message, user_error=False)
+
+
+_override: Callable[[], Any] | None = None
+_override_lock = threading.Lock()
+
+
+class _OverrideToken:
+    """What ``use_fake`` returns: ignore it, or use it as a context manager to restore the previous factory."""
+
+    def __init__(self, previous: Callable[[], Any] | None) -> None:
+        self._previous = previous
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        global _override
+        with _override_lock:
+            _override = self._previous
+
+
+def use_fake(factory: Callable[[], Any] | None) -> _OverrideToken:
+    """Make ``make_service_client`` return ``factory()`` in this process (``None`` removes the override).
+
+    ``with use_fake(f): ...`` restores whatever was installed before when the block ends.
+    """
+    global _override
+    with _override_lock:
+        previous, _override = _override, factory
+    return _OverrideToken(previous)
+
+
+def _load_factory(spec: str) -> Callable[..., Any]:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise TinkerNotConfigured(
+            f"The tinker_fake setting must look like 'package.module:callable', got {spec!r}.")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise TinkerNotConfigured(f"The tinker_fake factory {spec!r} cannot be imported: {exc}") from exc
+    if not callable(target):
+        raise TinkerNotConfigured(f"The tinker_fake factory {spec!r} is not callable.")
+    return target  # type: ignore[no-any-return]
+
+
+def _fake_config(raw: Any) -> dict[str, Any] | None:
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        raise TinkerNotConfigured(f"The tinker_fake_config setting is not valid JSON: {exc}") from exc
+    if value is not None and not isinstance(value, dict):
+        raise TinkerNotConfigured("The tinker_fake_config setting must be a JSON object.")
+    return value
+
+
+def _secret(value: Any) -> str | None:
+    if value is None:
+        return None
+    getter = getattr(value, "get_secret_value", None)
+    text = getter() if callable(getter) else value
+    return str(text).strip() or None
+
+
+def make_service_client(settings: Any) -> tinker.ServiceClient:
+    """A ``tinker.ServiceClient`` for this process; call it inside the task, never at import time.
+
+    Order: the ``use_fake`` override; else the ``tinker_fake`` setting (factory spec, see the module doc);
+    else the real client from ``settings.tinker_api_key`` and the optional ``settings.tinker_base_url``
+    (``None`` lets the SDK use its production URL). Raises ``TinkerNotConfigured`` (a ``JobFailed`` with code
+    ``tinker_not_configured``, ``user_error=False``) when the key is missing or malformed.
+    """
+    _reset_sdk_loop_if_forked()
+    with _override_lock:
+        factory = _override
+    if factory is not None:
+        return factory()  # type: ignore[no-any-return]
+
+    fake_spec = getattr(settings, "tinker_fake", None)
+    if fake_spec:
+        config = _fake_config(getattr(settings, "tinker_fake_config", None))
+        return _load_factory(str(fake_spec))(config)  # type: ignore[no-any-return]
+
+    api_key = _secret(getattr(settings, "tinker_api_key", None))
+    if api_key is None:
+        raise TinkerNotConfigured(
+            "Tinker is not configured: set TINKER_API_KEY for the workers (keys start with 'tml-').")
+    if not (api_key.startswith("tml-") or api_key.startswith("eyJ")):
+        raise TinkerNotConfigured(
+            "The configured TINKER_API_KEY is malformed: Tinker keys start with 'tml-'.")
+    base_url = getattr(settings, "tinker_base_url", None) or None
+    return tinker.ServiceClient(api_key=api_key, base_url=str(base_url) if base_url else None)
+
+
+# The SDK keeps its I/O loop, and caches of holders bound to that loop, in module globals. A process forked after
+# the loop started (a Celery prefork child of a parent that used Tinker) inherits a loop whose thread is gone, and
+# every request would hang. After fork only the forking thread is alive, so a started loop whose thread is not
+# alive means we are in such a child: give it fresh globals before it builds a client.
+def _reset_sdk_loop_if_forked() -> None:
+    try:
+        from tinker.lib import internal_client_holder as ich
+    except ImportError:  # pragma: no cover - a future SDK layout: nothing we know how to reset
+        return
+    singleton = getattr(ich, "_internal_client_holder_thread_singleton", None)
+    thread = getattr(singleton, "_thread", None)
+    if not getattr(singleton, "_started", False) or thread is None or thread.is_alive():
+        return
+    log.warning("tinker SDK event loop was inherited across fork; starting a fresh one in pid %s", os.getpid())
+    for name in ("_internal_client_holder_thread_singleton", "_shadow_holder_singleton",
+                 "sessionless_holder_cache"):
+        current = getattr(ich, name, None)
+        if current is not None:
+            with contextlib.suppress(Exception):
+                setattr(ich, name, type(current)())
+    with contextlib.suppress(Exception):
+        from tinker.lib.public_interfaces import training_client as tc_module
+
+        tc_module._custom_loss_loop = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data helpers
+# --------------------------------------------------------------------------------------------------------------
+
+def datum_from(tokens: Sequence[int], weights: Sequence[float], *, max_length: int | None = None) -> types.Datum:
+    """One next-token-prediction ``Datum`` from a rendered sequence and its per-token loss weights.
+
+    Same convention as tinker-cookbook's ``datum_from_tokens_weights``: optionally cut both to ``max_length``,
+    then ``model_input = tokens[:-1]``, ``target_tokens = tokens[1:]`` (int64) and ``weights = weights[1:]``
+    (float32), each of shape ``[len(tokens) - 1]``. The weight of token ``i`` says whether predicting token
+    ``i`` is trained, so the first token's weight is dropped (nothing predicts it).
+    """
+    if len(tokens) != len(weights):
+        raise ValueError(f"tokens and weights differ in length: {len(tokens)} != {len(weights)}")
+    if max_length is not None:
+        if max_length < 2:
+            raise ValueError("max_length must be at least 2")
+        tokens, weights = tokens[:max_length], weights[:max_length]
+    if len(tokens) < 2:
+        raise ValueError("a datum needs at least two tokens")
+    token_list = [int(t) for t in tokens]
+    weight_list = [float(w) for w in weights]
+    n = len(token_list) - 1
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(token_list[:-1]),
+        loss_fn_inputs={
+            "target_tokens": types.TensorData(data=token_list[1:], dtype="int64", shape=[n]),
+            "weights": types.TensorData(data=weight_list[1:], dtype="float32", shape=[n]),
+        },
+    )
+
+
+def _weight_sum(datums: Sequence[types.Datum]) -> float:
+    total = 0.0
+    for datum in datums:
+        weights = datum.loss_fn_inputs.get("weights")
+        if weights is None:  # cross_entropy without weights trains every target token
+            target = datum.loss_fn_inputs["target_tokens"]
+            total += float(len(target.data))
+        else:
+            total += float(math.fsum(float(w) for w in weights.data))
+    return total
+
+
+def mean_loss(output: types.ForwardBackwardOutput, datums: Sequence[types.Datum]) -> float:
+    """Mean cross-entropy per trained token: ``metrics["loss:sum"] / sum(weights)`` (NaN if no weight)."""
+    total = _weight_sum(datums)
+    loss_sum = float(output.metrics["loss:sum"])
+    return loss_sum / total if total > 0 else math.nan
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Error classification
+# --------------------------------------------------------------------------------------------------------------
+
+ErrorClass = Literal["user", "transient", "fatal"]
+
+# 4xx statuses that mean the request itself is wrong (bad input, unknown model/checkpoint, too long).
+_USER_STATUSES = frozenset({400, 404, 413, 422})
+# Statuses worth another try later. 408 and 409 are retried by the SDK itself; 5xx and 429 too.
+_TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
+
+
+def _classify_one(exc: BaseException) -> ErrorClass | None:
+    if isinstance(exc, tinker.RequestFailedError):
+        category = str(getattr(exc, "category", "")).lower()
+        if category.endswith("user"):
+            return "user"
+        return "transient"  # Server or Unknown: the service failed the request; a later attempt may not
+    if isinstance(exc, tinker.APIConnectionError):  # includes APITimeoutError
+        return "transient"
+    if isinstance(exc, tinker.APIStatusError):
+        status = int(exc.status_code)
+        if status >= 500 or status in _TRANSIENT_STATUSES:
+            return "transient"
+        if status in _USER_STATUSES:
+            return "user"
+        return "fatal"  # 401/403 (key), 402 (billing): an operator has to act
+    if isinstance(exc, tinker.APIResponseValidationError):
+        return "fatal"
+    name = type(exc).__name__
+    if name == "RetryableException":  # tinker.lib.retryable_exception: a promise expired server-side
+        return "transient"
+    if isinstance(exc, TimeoutError):  # also asyncio/concurrent.futures TimeoutError on 3.11
+        return "transient"
+    if isinstance(exc, httpx.TransportError):
+        return "transient"
+    return None
+
+
+def classify_error(exc: BaseException) -> ErrorClass:
+    """``"user"`` (bad input: fail the job, user_error), ``"transient"`` (retry / resume later) or ``"fatal"``.
+
+    Follows ``__cause__`` / ``__context__``, because the SDK wraps some errors (e.g. a ``ValueError`` raised
+    from an ``APIStatusError`` while fetching a result, or a ``RuntimeError`` for a poisoned client).
+    Anything the SDK did not raise (a bug) is ``"fatal"``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        found = _classify_one(current)
+        if found is not None:
+            return found
+        current = current.__cause__ or current.__context__
+    return "fatal"
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for errors caused by the request (``RequestFailedError`` with category User, HTTP 400/404/422)."""
+    return classify_error(exc) == "user"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying later: connection errors and timeouts, 5xx, 408/409/429,
+    ``RequestFailedError`` with category Server/Unknown."""
+    return classify_error(exc) == "transient"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Learning rate
+# --------------------------------------------------------------------------------------------------------------
+
+# Hidden sizes (config.json "hidden_size") of the models the LR formula knows. Variants (-Base, -Instruct-2507,
+# -Thinking-2507, -FP8) share their family member's hidden size.
+_QWEN3_HIDDEN = {
+    "0.6B": 1024,
+    "1.7B": 2048,
+    "4B": 2560,
+    "8B": 4096,
+    "14B": 5120,
+    "32B": 5120,
+    "30B-A3B": 2048,
+    "235B-A22B": 4096,
+}
+_LLAMA3_HIDDEN = {
+    "meta-llama/Llama-3.2-1B": 2048,
+    "meta-llama/Llama-3.2-3B": 3072,
+    "meta-llama/Llama-3.1-8B": 4096,
+    "meta-llama/Llama-3.1-70B": 8192,
+    "meta-llama/Llama-3.3-70B": 8192,
+}
+_QWEN3_NAME = re.compile(r"^(?:Qwen/)?Qwen3-(\d+(?:\.\d+)?B(?:-A\d+B)?)(?:-.*)?$", re.IGNORECASE)
+
+_BASE_LR = 5e-5  # full fine-tuning base rate
+_LORA_MULTIPLIER = 10.0  # LoRA needs ~10x the full fine-tuning rate
+_QWEN_EXPONENT = 0.0775
+_LLAMA_EXPONENT = 0.781
+
+
+def hidden_size_for(base_model: str) -> int:
+    """The model's hidden size, from a built-in table (no network); ``ValueError`` for unknown models."""
+    match = _QWEN3_NAME.match(base_model.strip())
+    if match:
+        size = match.group(1).upper()
+        if size in _QWEN3_HIDDEN:
+            return _QWEN3_HIDDEN[size]
+    for prefix, hidden in _LLAMA3_HIDDEN.items():
+        if base_model.startswith(prefix):
+            return hidden
+    raise ValueError(f"No hidden size known for base model {base_model!r}; set learning_rate explicitly.")
+
+
+def lr_for(base_model: str) -> float:
+    """Default LoRA learning rate, as tinker-cookbook's formula-based ``get_lr`` computes it:
+    ``5e-5 * 10 * (2000 / hidden_size) ** exponent`` with exponent 0.0775 for Qwen, 0.781 for Llama.
+    ``lr_for("Qwen/Qwen3-8B")`` (hidden size 4096) is about 4.73e-4.
+    """
+    hidden = hidden_size_for(base_model)
+    exponent = _LLAMA_EXPONENT if "llama" in base_model.lower() else _QWEN_EXPONENT
+    return _BASE_LR * _LORA_MULTIPLIER * (2000.0 / hidden) ** exponent
