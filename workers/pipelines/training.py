@@ -1,7 +1,8 @@
 """Training jobs: LoRA supervised fine-tuning of Qwen3 through Tinker (DESIGN.md §4).
 
 The loop submits `forward_backward` and `optim_step` back to back, then renders the next batch while the
-service works, and only then waits. Checkpoints (`save_state`) record the exact `next_step`; a re-run
+service works, and only then waits; as soon as a step's results are in, the next step is submitted and the
+bookkeeping of the finished one runs while the service works. Checkpoints (`save_state`) record the exact `next_step`; a re-run
 resumes from the newest one with `create_training_client_from_state_with_optimizer`, and the batch for any
 step is a pure function of (seed, step), so no batch is applied twice in the final lineage.
 """
@@ -21,8 +22,8 @@ from app.db import session_scope
 from app.schemas.training import TrainingSpec
 from app.services import artifacts as artifacts_service
 from app.services import training as training_service
-from workers.clients.tinker import classify_error, datum_from, lr_for, make_service_client, mean_loss
-from workers.errors import JobCancelled, JobFailed, RetryJob
+from workers.clients.tinker import classify_error, datum_from, lr_for, make_service_client
+from workers.errors import JobFailed, RetryJob
 from workers.lease import JobContext
 
 EVENT_SECONDS = 5.0
@@ -93,12 +94,21 @@ def learning_rate(spec: TrainingSpec, plan: Plan, step: int) -> float:
     return base
 
 
-def _datums(spec: TrainingSpec, rows: list[Any], indices: Any) -> list[types.Datum]:
-    out = []
+@dataclass(frozen=True)
+class Batch:
+    datums: list[types.Datum]
+    tokens: int
+    trained: float  # Σ weights: the denominator of the mean loss, computed off the critical path
+
+
+def _datums(spec: TrainingSpec, rows: list[Any], indices: Any) -> Batch:
+    datums, tokens, trained = [], 0, 0.0
     for i in indices:
         r = render(rows[int(i)], train_on=spec.train_on, enable_thinking=spec.enable_thinking)
-        out.append(datum_from(r.tokens, r.weights))
-    return out
+        datums.append(datum_from(r.tokens, r.weights))
+        tokens += len(r.tokens) - 1
+        trained += sum(r.weights[1:])
+    return Batch(datums, tokens, trained)
 
 
 def _call(future: Any) -> Any:
@@ -123,10 +133,11 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     all_rows = _load(ctx, spec.train_artifact)
     rows, counts = _fit(spec, all_rows, "training")
     plan = make_plan(spec, counts, len(all_rows) - len(rows))
-    val_datums: list[types.Datum] = []
+    val: list[Batch] = []
     if spec.validation_artifact:
         val_rows, _ = _fit(spec, _load(ctx, spec.validation_artifact), "validation")
-        val_datums = _datums(spec, val_rows, range(len(val_rows)))
+        val = [_datums(spec, val_rows, range(i, min(i + plan.batch_size, len(val_rows))))
+               for i in range(0, len(val_rows), plan.batch_size)]
     ctx.update({"result": {"plan": plan.as_dict()}}, [("plan", plan.as_dict())])
 
     service = make_service_client(ctx.settings)
@@ -146,77 +157,102 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         client = _call(service.create_lora_training_client(base_model=spec.base_model, rank=spec.rank,
                                                            seed=spec.seed))
         start = 0
-    return _train(spec, plan, rows, val_datums, client, start, ctx)
+    return _train(spec, plan, rows, val, client, start, ctx)
 
 
 def _save(client: Any, ctx: JobContext, plan: Plan, step: int, reason: str) -> str:
     path = _call(client.save_state(f"step-{step:06d}")).path
+    _record_checkpoint(ctx, plan, step, path, reason)
+    return path
+
+
+def _record_checkpoint(ctx: JobContext, plan: Plan, step: int, path: str, reason: str) -> None:
+    """A resumable checkpoint after `step` steps: the path exactly as Tinker returned it."""
     epoch, index = divmod(step, plan.steps_per_epoch)
     with ctx.fenced(events=[("checkpoint", {"step": step, "path": path, "reason": reason})]) as session:
         training_service.add_checkpoint(session, job_id=ctx.job_id, step=step, kind="state", uri=path,
                                         next_step=step, data={"epoch": epoch, "batch": index, "reason": reason})
-    return path
 
 
-def _validate(client: Any, datums: list[types.Datum], batch_size: int) -> float:
-    loss_sum = weight_sum = 0.0
-    for i in range(0, len(datums), batch_size):
-        chunk = datums[i:i + batch_size]
-        out = _call(client.forward(chunk, "cross_entropy"))
-        loss = mean_loss(out, chunk)
-        weights = sum(float(np.sum(d.loss_fn_inputs["weights"].data)) for d in chunk)
-        loss_sum += loss * weights
-        weight_sum += weights
-    return loss_sum / weight_sum if weight_sum else math.nan
+@dataclass
+class InFlight:
+    step: int
+    batch: Batch
+    lr: float
+    started: float
+    forward_backward: Any
+    optim_step: Any
 
 
-def _train(spec: TrainingSpec, plan: Plan, rows: list[Any], val_datums: list[types.Datum], client: Any, start: int,
+def _validation_futures(client: Any, batches: list[Batch]) -> list[Any]:
+    return [client.forward(b.datums, "cross_entropy") for b in batches]
+
+
+def _validation_loss(futures: list[Any], batches: list[Batch]) -> float:
+    loss = sum(float(_call(f).metrics["loss:sum"]) for f in futures)
+    weights = sum(b.trained for b in batches)
+    return loss / weights if weights else math.nan
+
+
+def _train(spec: TrainingSpec, plan: Plan, rows: list[Any], val: list[Batch], client: Any, start: int,
            ctx: JobContext) -> dict[str, Any]:
+    """The loop. The service runs requests in submission order, so after step k's results arrive we submit,
+    in order: validation and `save_state` due after k steps, then step k+1; the local work for step k
+    (metrics, progress, checkpoint rows) and the rendering of step k+2 happen while step k+1 runs."""
     adam = spec.adam
-    started, last_event = time.monotonic(), 0.0
-    loss = math.nan
-    step = start
-    prepared = _datums(spec, rows, batch_rows(spec, plan, start)) if start < plan.total_steps else []
-    try:
-        for step in range(start, plan.total_steps):
-            ctx.check()
-            datums, t0, lr = prepared, time.monotonic(), learning_rate(spec, plan, step)
-            fb = client.forward_backward(datums, "cross_entropy")
-            opt = client.optim_step(types.AdamParams(learning_rate=lr, beta1=adam.beta1, beta2=adam.beta2,
-                                                     eps=adam.eps, weight_decay=adam.weight_decay,
-                                                     grad_clip_norm=adam.grad_clip_norm))
-            if step + 1 < plan.total_steps:  # render the next batch while Tinker works on this one
-                prepared = _datums(spec, rows, batch_rows(spec, plan, step + 1))
-            out = _call(fb)
-            _call(opt)
-            loss = mean_loss(out, datums)
-            done = step + 1
-            metrics = {"loss": loss, "lr": lr, "step_seconds": time.monotonic() - t0,
-                       "tokens": float(sum(d.model_input.length for d in datums)),
-                       "trained_tokens": float(sum(np.sum(d.loss_fn_inputs["weights"].data) for d in datums))}
-            if val_datums and spec.eval_every and done % spec.eval_every == 0 and done < plan.total_steps:
-                metrics["val_loss"] = _validate(client, val_datums, plan.batch_size)
-            elapsed = time.monotonic() - started
-            progress = {"done": done, "total": plan.total_steps, "unit": "steps", "loss": round(loss, 6),
-                        "eta_seconds": round(elapsed / (done - start) * (plan.total_steps - done), 1)}
-            milestone = time.monotonic() - last_event >= EVENT_SECONDS or done == plan.total_steps
-            with ctx.fenced({"progress": progress}, [("progress", progress)] if milestone else None) as session:
-                training_service.record_metrics(session, ctx.job_id, done, metrics)
-            last_event = time.monotonic() if milestone else last_event
-            if done % spec.save_every == 0 and done < plan.total_steps:
-                _save(client, ctx, plan, done, "periodic")
-    except JobCancelled:
-        path = _save(client, ctx, plan, step, "cancelled")  # `step` steps are applied: resume there
-        ctx.event("cancelled_checkpoint", {"step": step, "path": path})
-        raise
+    started = loop_started = time.monotonic()
+    last_event, loss = 0.0, math.nan
 
+    def submit(step: int, batch: Batch) -> InFlight:
+        lr = learning_rate(spec, plan, step)
+        return InFlight(step, batch, lr, time.monotonic(), client.forward_backward(batch.datums, "cross_entropy"),
+                        client.optim_step(types.AdamParams(learning_rate=lr, beta1=adam.beta1, beta2=adam.beta2,
+                                                           eps=adam.eps, weight_decay=adam.weight_decay,
+                                                           grad_clip_norm=adam.grad_clip_norm)))
+
+    ctx.check()
+    current = submit(start, _datums(spec, rows, batch_rows(spec, plan, start))) if start < plan.total_steps else None
+    while current is not None:
+        done = current.step + 1
+        upcoming = _datums(spec, rows, batch_rows(spec, plan, done)) if done < plan.total_steps else None
+        out = _call(current.forward_backward)
+        _call(current.optim_step)
+        seconds = time.monotonic() - current.started
+        loss = float(out.metrics["loss:sum"]) / current.batch.trained
+        stopping = ctx.cancel_requested.is_set() or ctx.lease_lost.is_set()
+        evaluate = bool(val and spec.eval_every and done % spec.eval_every == 0 and done < plan.total_steps)
+        val_futures = _validation_futures(client, val) if evaluate else []
+        save = (done % spec.save_every == 0 and done < plan.total_steps) or (stopping and done < plan.total_steps)
+        save_future = client.save_state(f"step-{done:06d}") if save else None
+        following = submit(done, upcoming) if upcoming is not None and not stopping else None
+
+        metrics = {"loss": loss, "lr": current.lr, "step_seconds": seconds, "tokens": float(current.batch.tokens),
+                   "trained_tokens": current.batch.trained}
+        if val_futures:
+            metrics["val_loss"] = _validation_loss(val_futures, val)
+        elapsed = time.monotonic() - started
+        progress = {"done": done, "total": plan.total_steps, "unit": "steps", "loss": round(loss, 6),
+                    "eta_seconds": round(elapsed / (done - start) * (plan.total_steps - done), 1)}
+        milestone = time.monotonic() - last_event >= EVENT_SECONDS or done == plan.total_steps
+        with ctx.fenced({"progress": progress}, [("progress", progress)] if milestone else None) as session:
+            training_service.record_metrics(session, ctx.job_id, done, metrics)
+        last_event = time.monotonic() if milestone else last_event
+        if save_future is not None:
+            _record_checkpoint(ctx, plan, done, _call(save_future).path, "cancelled" if stopping else "periodic")
+        if stopping:
+            ctx.check()  # LeaseLost, or JobCancelled with a checkpoint at `done` already recorded
+        current = following
+
+    steps_run = plan.total_steps - start
+    seconds_per_step = (time.monotonic() - loop_started) / steps_run if steps_run else None
     final_state = _save(client, ctx, plan, plan.total_steps, "final")
     sampler = _call(client.save_weights_for_sampler(f"final-{plan.total_steps:06d}")).path
-    val_loss = _validate(client, val_datums, plan.batch_size) if val_datums else None
+    val_loss = _validation_loss(_validation_futures(client, val), val) if val else None
     with ctx.fenced() as session:
         training_service.add_checkpoint(session, job_id=ctx.job_id, step=plan.total_steps, kind="sampler",
                                         uri=sampler, next_step=plan.total_steps, data={})
         if val_loss is not None:
             training_service.record_metrics(session, ctx.job_id, plan.total_steps, {"val_loss": val_loss})
     return {"plan": plan.as_dict(), "steps": plan.total_steps, "final_loss": loss, "final_val_loss": val_loss,
-            "state_path": final_state, "sampler_path": sampler, "base_model": spec.base_model}
+            "state_path": final_state, "sampler_path": sampler, "base_model": spec.base_model,
+            "seconds_per_step": seconds_per_step}

@@ -1,0 +1,125 @@
+"""Seconds per training step against the server-side floor, with realistic batches (128 conversations of
+~1k tokens) and the fake Tinker service answering forward_backward in 150 ms and optim_step in 30 ms.
+The job runs for real (claim → render → datums → SDK futures → checkpoints) in this process on SQLite.
+Usage: python bench/training.py [--steps 12]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FB_S, OPT_S, BATCH = float(os.environ.get("FB_S", 0.150)), float(os.environ.get("OPT_S", 0.030)), 128
+WORDS = ("the mentor asks which step comes next so that the student can find the answer on their own while "
+         "checking each fraction loop proof and graph carefully before moving on to the next idea").split()
+
+
+def conversation(rng: random.Random) -> dict:
+    """About 1,000 tokens: a short question, a long scaffolded answer, a follow-up and a reply."""
+    def text(n: int) -> str:
+        return " ".join(rng.choices(WORDS, k=n))
+    return {"messages": [{"role": "user", "content": text(60)}, {"role": "assistant", "content": text(420)},
+                         {"role": "user", "content": text(40)}, {"role": "assistant", "content": text(300)}]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=12)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update({"TUNEQ_VAR_DIR": tmp, "TUNEQ_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+                           "TUNEQ_BROKER_URL": "redis://127.0.0.1:1/0", "TUNEQ_LOG_LEVEL": "WARNING",
+                           "TUNEQ_TINKER_FAKE": "tests.fakes.tinker_fake:make_fake_service_client",
+                           "TUNEQ_TINKER_FAKE_CONFIG": json.dumps({
+                               "state_dir": f"{tmp}/tinker",
+                               "latency": {"forward_backward": FB_S, "optim_step": OPT_S}})})
+        from app.chat import count_batch
+        from app.db import session_scope
+        from app.migrate import upgrade
+        from app.models import Artifact, Job
+        from app.schemas.training import TrainingSpec
+        from app.services import auth
+        from workers.pipelines.training import _datums
+        from workers.tasks import drive
+
+        upgrade(os.environ["TUNEQ_DATABASE_URL"])
+        rng = random.Random(0)
+        rows = [conversation(rng) for _ in range(BATCH * args.steps)]
+        data = Path(tmp) / "artifacts" / "train.jsonl"
+        data.parent.mkdir(parents=True)
+        data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        tokens = [n for n, _ in count_batch([r["messages"] for r in rows])]
+
+        # Client-side work per batch, measured alone: render 128 conversations and build their Datums.
+        spec = TrainingSpec(train_artifact="x", batch_size=BATCH)
+        messages = [r["messages"] for r in rows[:BATCH]]
+        prep = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            _datums(spec, messages, range(BATCH))
+            prep = min(prep, time.perf_counter() - start)
+
+        floor = tight_loop_floor(_datums(spec, messages, range(BATCH)).datums, args.steps)
+
+        with session_scope() as session:
+            team = auth.get_or_create_team(session, "bench")
+            art = Artifact(team_id=team.id, kind="dataset", name="train.jsonl", uri="train.jsonl",
+                           format="chatml_jsonl", rows=len(rows))
+            session.add(art)
+            session.flush()
+            job = Job(team_id=team.id, kind="training", status="queued", spec={
+                "train_artifact": art.id, "batch_size": BATCH, "max_steps": args.steps,
+                "save_every": 1000, "max_length": 4096})
+            session.add(job)
+            session.flush()
+            job_id = job.id
+        drive(job_id)
+        with session_scope() as session:
+            done = session.get(Job, job_id)
+            assert done is not None and done.status == "succeeded", done.error if done else None
+            result = done.result or {}
+
+    s_per_step = result["seconds_per_step"]
+    nominal = FB_S + OPT_S
+    print(f"batch: {BATCH} conversations, mean {sum(tokens) / len(tokens):.0f} tokens "
+          f"({sum(tokens[:BATCH])} per batch)")
+    print(f"seconds per step   {s_per_step:.3f}   floor {floor:.3f}   ratio {s_per_step / floor:.3f}  "
+          f"({args.steps} steps)")
+    print(f"  floor = the same SDK and service driven by a bare loop of prebuilt batches (latency "
+          f"{nominal:.3f} s + transport + the fake's own compute); vs latency alone: {s_per_step / nominal:.3f}")
+    print(f"render + datum build per batch (client work hidden behind the remote call)  {prep:.3f} s")
+    print(json.dumps({"bench": "training", "s_per_step": round(s_per_step, 4), "floor_s_per_step": round(floor, 4),
+                      "step_vs_floor": round(s_per_step / floor, 3), "prep_s_per_batch": round(prep, 4),
+                      "latency_s_per_step": nominal, "step_vs_latency": round(s_per_step / nominal, 3)}))
+
+
+def tight_loop_floor(datums: list, steps: int) -> float:
+    """Seconds per step of the bare minimum: prebuilt datums, forward_backward + optim_step, wait, repeat."""
+    from tinker import types
+
+    from app.settings import get_settings
+    from workers.clients.tinker import make_service_client
+
+    client = make_service_client(get_settings()).create_lora_training_client(base_model="Qwen/Qwen3-8B").result()
+    client.forward_backward(datums, "cross_entropy").result()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        fb = client.forward_backward(datums, "cross_entropy")
+        opt = client.optim_step(types.AdamParams(learning_rate=1e-4))
+        fb.result()
+        opt.result()
+    return (time.perf_counter() - start) / steps
+
+
+if __name__ == "__main__":
+    main()
