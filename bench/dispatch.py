@@ -10,7 +10,6 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import fresh_postgres  # noqa: E402
+from bench.common import fresh_postgres, post_many  # noqa: E402
 
 BROKER = os.environ.get("TUNEQ_BENCH_BROKER_URL", "redis://127.0.0.1:6379/9")
 CONCURRENCY = "2"
@@ -106,10 +105,10 @@ def main() -> None:
         with session_scope() as session:
             before = session.scalar(select(func.count()).select_from(Job).where(Job.status == "succeeded"))
         start = time.perf_counter()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda _: client.post("/v1/jobs", json={"kind": "test", "spec": {"steps": 0}}),
-                          range(args.jobs)))
+        statuses = post_many("127.0.0.1", port, "/v1/jobs", b'{"kind": "test", "spec": {"steps": 0}}',
+                             headers={"Authorization": f"Bearer {key}"}, count=args.jobs, connections=8)
         submit_s = time.perf_counter() - start
+        assert statuses == [201] * args.jobs, set(statuses)
         while True:
             with session_scope() as session:
                 n = session.scalar(select(func.count()).select_from(Job).where(Job.status == "succeeded"))

@@ -72,8 +72,8 @@ def _finish(ctx: JobContext, status: str, *, result: dict[str, Any] | None = Non
             error: dict[str, Any] | None = None) -> None:
     """Record the end, and in the same transaction queue the jobs that were waiting on this one."""
     with session_scope() as session:
-        transitions.finish(session, ctx.job_id, ctx.token, status, result=result, error=error)
-        released = transitions.release_pending(session, ctx.team_id)
+        waited_on = transitions.finish(session, ctx.job_id, ctx.token, status, result=result, error=error)
+        released = transitions.release_pending(session, ctx.team_id) if waited_on else []
     log.info("job %s: %s", ctx.job_id, status)
     for job_id, kind in released:
         enqueue(job_id, kind)

@@ -37,6 +37,11 @@ async def get_caller(request: Request) -> Caller:
     return await run_in_threadpool(_lookup, cache, token)
 
 
+async def settings() -> Settings:
+    """Async on purpose: a plain `def` dependency would cost a thread hop on every request."""
+    return get_settings()
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(settings)]

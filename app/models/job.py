@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONType, UTCDateTime, new_id, utcnow
@@ -29,6 +29,8 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     labels: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
     depends_on: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # Finishing it should release pending jobs (saves the finisher a query when nobody waits).
+    has_dependents: Mapped[bool] = mapped_column(default=False, server_default=false())
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -195,8 +195,10 @@ def submit(
         conn.execute(_INSERT_JOB, {
             **row, "team_id": caller.team_id, "lease_token": 0, "event_seq": 1,
             "idempotency_key": idempotency_key, "request_hash": body_hash, "updated_at": now,
-            "enqueued_at": now if ready else None,
+            "enqueued_at": now if ready else None, "has_dependents": False,
         })
+        if body.depends_on:
+            conn.execute(update(Job).where(Job.id.in_(body.depends_on)).values(has_dependents=True))
         conn.execute(_INSERT_EVENT, {"job_id": job_id, "seq": 1, "type": status, "attempt": 0, "data": {},
                                      "created_at": now})
         session.commit()

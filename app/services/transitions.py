@@ -7,11 +7,13 @@ also matches its `lease_token`: zero rows means the lease moved on, and the work
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, select, update
+from sqlalchemy import ColumnElement, Update, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobEvent, utcnow
@@ -38,30 +40,63 @@ def error_body(code: str, message: str, *, user_error: bool, details: dict[str, 
     return {"code": code, "message": message, "user_error": user_error, "details": details or {}}
 
 
+class Increment:
+    """A value meaning "this column + 1"."""
+
+
+INCREMENT = Increment()
+
+# Guards name the expected state of a compare-and-set; their parameters are bound at execution time.
+_GUARDS: dict[str, Callable[[], list[ColumnElement[bool]]]] = {
+    "claimable": lambda: [
+        Job.attempt < Job.max_attempts,
+        or_(Job.status == "queued", and_(Job.status == "running", Job.heartbeat_at < bindparam("g_cutoff"))),
+    ],
+    "leased": lambda: [Job.lease_token == bindparam("g_token"), Job.status == "running"],
+    "waiting": lambda: [Job.status.in_(("pending", "queued"))],
+    "running_not_cancelling": lambda: [Job.status == "running", Job.cancel_requested_at.is_(None)],
+    "queued_never_sent": lambda: [Job.status == "queued", Job.enqueued_at.is_(None)],
+    "queued_sent_at": lambda: [Job.status == "queued", Job.enqueued_at == bindparam("g_enqueued_at")],
+    "pending": lambda: [Job.status == "pending"],
+}
+_RETURNING = (Job.event_seq, Job.attempt, Job.max_attempts, Job.team_id, Job.kind, Job.spec, Job.lease_token,
+              Job.cancel_requested_at, Job.has_dependents)
+_INSERT_EVENTS = insert(JobEvent)
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(guard: str, keys: tuple[str, ...], increments: tuple[str, ...]) -> Update:
+    """One UPDATE per (guard, columns) shape, built once: SQLAlchemy's hot path is then just execution."""
+    columns = Job.__table__.c
+    values: dict[str, Any] = {k: bindparam(f"v_{k}", type_=columns[k].type) for k in keys}
+    values.update({k: columns[k] + 1 for k in increments})
+    values["event_seq"] = Job.event_seq + bindparam("n_events")
+    return (update(Job).where(Job.id == bindparam("g_job_id"), *_GUARDS[guard]()).values(**values)
+            .returning(*_RETURNING))
+
+
 def _change(
     session: Session,
     job_id: str,
-    where: list[ColumnElement[bool]],
+    guard: str,
     values: dict[str, Any],
     events: list[Event],
     now: datetime,
+    **guard_params: Any,
 ) -> Any:
-    """Apply `values` if `where` holds and append `events`; return the updated row or None."""
-    n = len(events)
+    """Apply `values` if the job is in the `guard` state and append `events`; the updated row or None."""
+    values = {**values, "updated_at": now}
+    keys = tuple(sorted(k for k, v in values.items() if v is not INCREMENT))
+    increments = tuple(sorted(k for k, v in values.items() if v is INCREMENT))
+    params = {f"v_{k}": values[k] for k in keys}
+    params.update({f"g_{k}": v for k, v in guard_params.items()}, g_job_id=job_id, n_events=len(events))
     conn = session.connection()  # Core, not ORM-enabled execution: this runs for every job step
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, *where)
-        .values(**values, updated_at=now, event_seq=Job.event_seq + n)
-        .returning(Job.event_seq, Job.attempt, Job.max_attempts, Job.team_id, Job.kind, Job.spec,
-                   Job.lease_token, Job.cancel_requested_at)
-    )
-    row = conn.execute(stmt).first()
+    row = conn.execute(_statement(guard, keys, increments), params).first()
     if row is None or not events:
         return row
-    first = row.event_seq - n + 1
+    first = row.event_seq - len(events) + 1
     conn.execute(
-        insert(JobEvent),
+        _INSERT_EVENTS,
         [
             {"job_id": job_id, "seq": first + i, "type": t, "data": d, "attempt": row.attempt, "created_at": now}
             for i, (t, d) in enumerate(events)
@@ -80,34 +115,22 @@ def claim(session: Session, job_id: str, *, owner: str, lease_seconds: float) ->
     row = _change(
         session,
         job_id,
-        [
-            Job.attempt < Job.max_attempts,
-            (Job.status == "queued") | ((Job.status == "running") & (Job.heartbeat_at < cutoff)),
-        ],
-        {
-            "status": "running",
-            "lease_owner": owner,
-            "lease_token": Job.lease_token + 1,
-            "heartbeat_at": now,
-            "attempt": Job.attempt + 1,
-            "started_at": now,
-        },
+        "claimable",
+        {"status": "running", "lease_owner": owner, "lease_token": INCREMENT, "heartbeat_at": now,
+         "attempt": INCREMENT, "started_at": now},
         [("running", {"owner": owner})],
         now,
+        cutoff=cutoff,
     )
     if row is None:
         return None
     return Claim(job_id, row.team_id, row.kind, row.spec, row.lease_token, row.attempt, row.max_attempts)
 
 
-def _fenced(token: int) -> list[ColumnElement[bool]]:
-    return [Job.lease_token == token, Job.status == "running"]
-
-
 def heartbeat(session: Session, job_id: str, token: int) -> bool:
     """Renew the lease. Returns True when a cancel was requested. Raises LeaseLost."""
     now = utcnow()
-    row = _change(session, job_id, _fenced(token), {"heartbeat_at": now}, [], now)
+    row = _change(session, job_id, "leased", {"heartbeat_at": now}, [], now, token=token)
     if row is None:
         raise LeaseLost(job_id)
     return row.cancel_requested_at is not None
@@ -118,7 +141,7 @@ def fenced_update(
 ) -> bool:
     """A worker's write. Returns True when a cancel was requested. Raises LeaseLost."""
     now = utcnow()
-    row = _change(session, job_id, _fenced(token), {**values, "heartbeat_at": now}, events or [], now)
+    row = _change(session, job_id, "leased", {**values, "heartbeat_at": now}, events or [], now, token=token)
     if row is None:
         raise LeaseLost(job_id)
     return row.cancel_requested_at is not None
@@ -132,8 +155,9 @@ def finish(
     *,
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
-) -> None:
-    """Record the terminal state once, with its one terminal event. Raises LeaseLost."""
+) -> bool:
+    """Record the terminal state once, with its one terminal event. Raises LeaseLost.
+    Returns whether other jobs wait on this one (so the caller releases them)."""
     assert status in ("succeeded", "failed", "cancelled")
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "lease_owner": None}
@@ -142,8 +166,10 @@ def finish(
     if error is not None:
         values["error"] = error
     data = {"error": error} if error else {}
-    if _change(session, job_id, _fenced(token), values, [(status, data)], now) is None:
+    row = _change(session, job_id, "leased", values, [(status, data)], now, token=token)
+    if row is None:
         raise LeaseLost(job_id)
+    return bool(row.has_dependents)
 
 
 def retry_later(session: Session, job_id: str, token: int, error: dict[str, Any]) -> bool:
@@ -154,7 +180,7 @@ def retry_later(session: Session, job_id: str, token: int, error: dict[str, Any]
         finish(session, job_id, token, "failed", error=error)
         return False
     values = {"status": "queued", "lease_owner": None, "enqueued_at": now, "error": error}
-    if _change(session, job_id, _fenced(token), values, [("retrying", {"error": error})], now) is None:
+    if _change(session, job_id, "leased", values, [("retrying", {"error": error})], now, token=token) is None:
         raise LeaseLost(job_id)
     return True
 
@@ -168,7 +194,7 @@ def request_cancel(session: Session, job_id: str) -> None:
     done = _change(
         session,
         job_id,
-        [Job.status.in_(("pending", "queued"))],
+        "waiting",
         {"status": "cancelled", "finished_at": now, "cancel_requested_at": now},
         [("cancelled", {"reason": "cancelled by request"})],
         now,
@@ -177,7 +203,7 @@ def request_cancel(session: Session, job_id: str) -> None:
         _change(
             session,
             job_id,
-            [Job.status == "running", Job.cancel_requested_at.is_(None)],
+            "running_not_cancelling",
             {"cancel_requested_at": now},
             [("cancel_requested", {})],
             now,
@@ -187,8 +213,10 @@ def request_cancel(session: Session, job_id: str) -> None:
 def enqueue_marked(session: Session, job_id: str, expected_enqueued_at: datetime | None) -> bool:
     """Note that a wake-up is being sent again; False if someone else just did it."""
     now = utcnow()
-    cond = Job.enqueued_at.is_(None) if expected_enqueued_at is None else Job.enqueued_at == expected_enqueued_at
-    return _change(session, job_id, [Job.status == "queued", cond], {"enqueued_at": now}, [], now) is not None
+    if expected_enqueued_at is None:
+        return _change(session, job_id, "queued_never_sent", {"enqueued_at": now}, [], now) is not None
+    return _change(session, job_id, "queued_sent_at", {"enqueued_at": now}, [], now,
+                   enqueued_at=expected_enqueued_at) is not None
 
 
 # ---- the reaper ------------------------------------------------------------------------------
@@ -205,11 +233,12 @@ def reap(session: Session, *, lease_seconds: float, requeue_after_seconds: float
         .limit(500)
     ).all()
     for job in stale:
-        where = [Job.status == "running", Job.lease_token == job.lease_token]
+        token = job.lease_token  # the stale lease this pass takes over (a CAS: one reaper wins)
         lost = {"previous_owner": job.lease_owner, "attempt": job.attempt}
         if job.cancel_requested_at is not None:
-            _change(session, job.id, where, {"status": "cancelled", "finished_at": now, "lease_owner": None},
-                    [("cancelled", {"reason": "cancel requested; its worker stopped responding", **lost})], now)
+            _change(session, job.id, "leased", {"status": "cancelled", "finished_at": now, "lease_owner": None},
+                    [("cancelled", {"reason": "cancel requested; its worker stopped responding", **lost})], now,
+                    token=token)
         elif job.attempt >= job.max_attempts:
             err = error_body(
                 "worker_lost",
@@ -218,12 +247,12 @@ def reap(session: Session, *, lease_seconds: float, requeue_after_seconds: float
                 "out-of-memory kill; resubmit once it is fixed.",
                 user_error=False,
             )
-            _change(session, job.id, where,
+            _change(session, job.id, "leased",
                     {"status": "failed", "finished_at": now, "lease_owner": None, "error": err},
-                    [("failed", {"error": err})], now)
+                    [("failed", {"error": err})], now, token=token)
         else:
-            if _change(session, job.id, where, {"status": "queued", "lease_owner": None, "enqueued_at": now},
-                       [("requeued", {"reason": "heartbeat timeout", **lost})], now) is not None:
+            if _change(session, job.id, "leased", {"status": "queued", "lease_owner": None, "enqueued_at": now},
+                       [("requeued", {"reason": "heartbeat timeout", **lost})], now, token=token) is not None:
                 to_enqueue.append((job.id, job.kind))
 
     unclaimed = session.execute(
@@ -252,11 +281,10 @@ def release_pending(session: Session, team_id: str | None = None) -> list[tuple[
         deps = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(job.depends_on))).tuples().all())
         broken = sorted(d for d in job.depends_on if deps.get(d) in ("failed", "cancelled", None))
         if broken:
-            _change(session, job.id, [Job.status == "pending"],
-                    {"status": "cancelled", "finished_at": now},
+            _change(session, job.id, "pending", {"status": "cancelled", "finished_at": now},
                     [("cancelled", {"reason": f"dependency {broken[0]} did not succeed"})], now)
         elif all(deps.get(d) == "succeeded" for d in job.depends_on):
-            if _change(session, job.id, [Job.status == "pending"], {"status": "queued", "enqueued_at": now},
+            if _change(session, job.id, "pending", {"status": "queued", "enqueued_at": now},
                        [("queued", {})], now) is not None:
                 released.append((job.id, job.kind))
     return released
