@@ -35,6 +35,8 @@ class TrainingSpec(StrictModel):
     save_every: int = Field(default=20, ge=1)
     eval_every: int = Field(default=20, ge=0, description="0 = only at the end")
     seed: int = 0
+    export_adapter: bool = Field(default=False, description="also export the final LoRA weights (Hugging Face "
+                                 "format) and download them as `adapter` artifacts")
     adam: AdamSpec = Field(default_factory=AdamSpec)
 
     @model_validator(mode="after")

@@ -23,6 +23,17 @@ fingerprint (``batch_fingerprint``) of all datums sent with ``forward_backward``
 so a new process, or a new ``FakeTinker`` on the same directory, resumes from it with
 ``create_training_client_from_state_with_optimizer``.
 
+Adapter export. ``save_weights_external(name)`` (``POST /api/v1/save_weights_external``, ordered like any
+training request) writes the run's parameters as Hugging Face/PEFT-style files under
+``<state_dir>/external/<run>/<name>/``: ``adapter_model.safetensors`` (a real safetensors file; one float32
+tensor ``tuneq_fake.lora_theta`` holding the parameters) and ``adapter_config.json`` (``base_model_name_or_path``,
+``r``, ...); the future's ``path`` is ``tinker://<run>/external_weights/<name>``. ``RestClient
+.get_external_weights_urls(path)`` (``GET /api/v1/training_runs/<run>/checkpoints/external_weights/<name>/
+external_weights_urls``) answers ``{file: signed_url}``: plain ``http://127.0.0.1:<port>/<token>/<file>?expires=
+...&sig=...`` URLs served by a small real HTTP server (a daemon thread, started on first use, one per
+``FakeTinker``; ``close()`` stops it). A bad signature or an expired URL gets 403. ``external_files()`` finds the
+files the fake wrote (for tests in another process).
+
 Config (a JSON-able dict; every key optional)::
 
     {
@@ -37,11 +48,12 @@ Config (a JSON-able dict; every key optional)::
       "poll_wait": 5.0,                    # how long a /retrieve_future long-poll waits before "try_again"
       "retry_after_ms": 10,                # Retry-After sent with injected 429/5xx (keeps SDK retries fast)
       "max_context": 32768, "max_sample_tokens": 32,
+      "url_ttl_seconds": 3600,             # validity of the signed adapter download URLs
       "supported_models": ["Qwen/Qwen3-8B", ...]
     }
 
 Faults. ``op`` is one of create_model, load_weights, forward_backward, forward, optim_step, save_state,
-save_weights_for_sampler, sample, or ``*``. ``at`` lists 1-based numbers of *logical* calls of that op in this
+save_weights_for_sampler, save_weights_external, sample, download, or ``*``. ``at`` lists 1-based numbers of *logical* calls of that op in this
 process (an SDK retry of the same request is the same call); ``probability`` rolls once per logical call.
 ``kind``:
 
@@ -56,6 +68,10 @@ process (an SDK retry of the same request is the same call); ``probability`` rol
   request did execute. A training request that surfaced ``before`` never reached the server: requests queued
   behind it fail with ``RequestFailedError`` (category Server), as that run cannot continue.
 
+``download`` faults hit the plain HTTP GETs of signed adapter URLs (a call = one file of one URL set; ``times``
+counts its attempts): ``http_<status>`` answers that status, ``connection`` / ``timeout`` close the connection
+without an answer, ``user_error`` / ``server_error`` answer 500.
+
 A worker process enables the fake through the settings ``tinker_fake =
 "tests.fakes.tinker_fake:make_fake_service_client"`` and ``tinker_fake_config = <JSON above>``.
 """
@@ -64,13 +80,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
+import hmac
+import http.server
 import json
 import os
 import random
+import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 import zlib
 from collections.abc import Iterable, Sequence
@@ -97,6 +118,7 @@ __all__ = [
     "FakeTinkerConfig",
     "FaultSpec",
     "batch_fingerprint",
+    "external_files",
     "get_fake",
     "make_fake_service_client",
     "read_checkpoint",
@@ -116,10 +138,15 @@ DEFAULT_SUPPORTED_MODELS = (
 )
 
 FAULT_OPS = ("create_model", "load_weights", "forward_backward", "forward", "optim_step", "save_state",
-             "save_weights_for_sampler", "sample", "*")
+             "save_weights_for_sampler", "save_weights_external", "sample", "download", "*")
 _RESULT_KINDS = {"user_error": "user", "server_error": "server"}
 _LATENCY_KEYS = ("create_model", "load", "forward_backward", "forward", "optim_step", "save", "save_state",
-                 "save_weights_for_sampler", "sample")
+                 "save_weights_for_sampler", "save_weights_external", "sample")
+_SAVE_OPS = ("save_state", "save_weights_for_sampler", "save_weights_external")
+_TRAINING_OPS = ("forward_backward", "forward", "optim_step", *_SAVE_OPS)
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_TENSOR = "tuneq_fake.lora_theta"
 _SURFACE_MARK = "_tuneq_fake_surface"
 
 
@@ -173,6 +200,7 @@ class FakeTinkerConfig:
     retry_after_ms: int = 10
     max_context: int = 32768
     max_sample_tokens: int = 32
+    url_ttl_seconds: int = 3600
     supported_models: list[str] = field(default_factory=lambda: list(DEFAULT_SUPPORTED_MODELS))
 
     @classmethod
@@ -233,6 +261,55 @@ def _parse_tinker_path(path: str) -> tuple[str, str, str]:
 def _checkpoint_file(state_dir: Path, path: str) -> Path:
     run, kind, name = _parse_tinker_path(path)
     return state_dir / "checkpoints" / run / kind / f"{name}.json"
+
+
+def _parse_external_path(path: str) -> tuple[str, str]:
+    prefix = "tinker://"
+    parts = path[len(prefix):].split("/") if path.startswith(prefix) else []
+    if len(parts) != 3 or not parts[0] or parts[1] != "external_weights" or not _safe_name(parts[2]):
+        raise _UserError(f"Invalid external weights path {path!r}: expected tinker://<run>/external_weights/<name>.")
+    return parts[0], parts[2]
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..")
+
+
+def _external_dir(state_dir: Path, path: str) -> Path:
+    run, name = _parse_external_path(path)
+    return state_dir / "external" / run / name
+
+
+def external_files(state_dir: str | os.PathLike[str], path: str) -> dict[str, Path]:
+    """The files the fake wrote for an external-weights checkpoint (``{file name: local path}``)."""
+    folder = _external_dir(Path(state_dir), path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no external weights {path} under {state_dir}")
+    return {f.name: f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")}
+
+
+def _safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """A real safetensors file: u64-LE header length, JSON header (8-byte aligned), then the raw tensors."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name], dtype="<f4")
+        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        chunks.append(arr.tobytes())
+        offset += arr.nbytes
+    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + b"".join(chunks)
+
+
+def _atomic_write_bytes(file: Path, data: bytes) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, file)
 
 
 def read_checkpoint(state_dir: str | os.PathLike[str], path: str) -> dict[str, Any]:
@@ -318,9 +395,14 @@ class _FaultBook:
         self.counters: dict[str, int] = {}
         self.calls: dict[tuple[str, Any], dict[str, Any]] = {}
         self.injected: list[dict[str, Any]] = []
+        self._lock = threading.Lock()  # downloads are served on other threads than the SDK's loop
 
     def attempt(self, op: str, key: Any) -> tuple[FaultSpec | None, FaultSpec | None, dict[str, Any]]:
         """(transport fault for this attempt, result fault for the call, the call record)."""
+        with self._lock:
+            return self._attempt(op, key)
+
+    def _attempt(self, op: str, key: Any) -> tuple[FaultSpec | None, FaultSpec | None, dict[str, Any]]:
         record = self.calls.get((op, key))
         if record is None:
             self.counters[op] = number = self.counters.get(op, 0) + 1
@@ -452,6 +534,9 @@ class FakeTinker:
         self._faults = _FaultBook(self.config.faults, self.config.seed)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._base_cache: dict[str, tuple[np.ndarray, int]] = {}
+        self.downloads: list[dict[str, Any]] = []  # GETs of signed adapter URLs, in arrival order
+        self._export_server: _ExportServer | None = None
+        self._export_lock = threading.Lock()
 
     # ---- public helpers -----------------------------------------------------------------------------------
 
@@ -479,6 +564,16 @@ class FakeTinker:
 
     def read_checkpoint(self, path: str) -> dict[str, Any]:
         return read_checkpoint(self.state_dir, path)
+
+    def external_files(self, path: str) -> dict[str, Path]:
+        return external_files(self.state_dir, path)
+
+    def close(self) -> None:
+        """Stop the adapter download server, if it was started (clients made from this fake stay usable)."""
+        with self._export_lock:
+            server, self._export_server = self._export_server, None
+        if server is not None:
+            server.stop()
 
     def checkpoints(self) -> list[str]:
         root = self.state_dir / "checkpoints"
@@ -514,6 +609,8 @@ class FakeTinker:
                  "sampleable": True} for name in self.config.supported_models]})
         if route == "healthz":
             return _json({"status": "ok"})
+        if route.startswith("training_runs/") and route.endswith("/external_weights_urls"):
+            return self._external_weights_urls(route)
         if route.startswith("samplers/"):
             session = self.sampling_sessions.get(route.split("/", 1)[1])
             if session is None:
@@ -554,6 +651,7 @@ class FakeTinker:
             "optim_step": self._submit_optim_step,
             "save_weights": self._submit_save_state,
             "save_weights_for_sampler": self._submit_save_for_sampler,
+            "save_weights_external": self._submit_save_external,
             "load_weights": self._submit_load_weights,
             "asample": self._submit_sample,
         }.get(route)
@@ -599,7 +697,7 @@ class FakeTinker:
         raise httpx.ConnectError(message, request=request)
 
     def _mark_hole(self, op: str, key: Any) -> None:
-        if op in ("forward_backward", "forward", "optim_step", "save_state", "save_weights_for_sampler") \
+        if op in _TRAINING_OPS \
                 or (op == "load_weights" and isinstance(key, tuple) and key[0] == "model"):
             model_id, seq_id = key[-2], key[-1]
             model = self.models.get(model_id)
@@ -674,7 +772,7 @@ class FakeTinker:
 
     def _latency(self, op: str) -> float:
         lat = self.config.latency
-        if op in ("save_state", "save_weights_for_sampler"):
+        if op in _SAVE_OPS:
             return float(lat.get(op, lat.get("save", 0.0)))
         if op == "load_weights":
             return float(lat.get("load", 0.0))
@@ -847,6 +945,10 @@ class FakeTinker:
         save = types.SaveWeightsForSamplerRequest.model_validate(data)
         return await self._submit_seq(request, "save_weights_for_sampler", save.model_id, save.seq_id, save)
 
+    async def _submit_save_external(self, request: httpx.Request, data: dict[str, Any]) -> httpx.Response:
+        save = types.SaveWeightsExternalRequest.model_validate(data)
+        return await self._submit_seq(request, "save_weights_external", save.model_id, save.seq_id, save)
+
     async def _submit_seq(self, request: httpx.Request, op: str, model_id: str, seq_id: int | None,
                           payload: Any) -> httpx.Response:
         model = self.models.get(model_id)
@@ -871,6 +973,8 @@ class FakeTinker:
             return self._run_save(model, req.payload, "weights")
         if req.op == "save_weights_for_sampler":
             return self._run_save(model, req.payload, "sampler_weights")
+        if req.op == "save_weights_external":
+            return self._run_save_external(model, req.payload)
         if req.op == "load_weights":
             load: types.LoadWeightsRequest = req.payload
             self._restore(model, self._load_record(load.path), load.path, load.optimizer)
@@ -994,6 +1098,56 @@ class FakeTinker:
         response_type = "save_weights" if kind == "weights" else "save_weights_for_sampler"
         return "json", {"type": response_type, "path": path}, {"path": path}
 
+    def _run_save_external(self, model: _Model, save: types.SaveWeightsExternalRequest
+                           ) -> tuple[str, Any, dict[str, Any]]:
+        if save.age_encryption_recipients:
+            raise _UserError("age encryption of external weights is not supported by the fake.")
+        if not _safe_name(save.path):
+            raise _UserError(f"Invalid external weights name {save.path!r}.")
+        path = f"tinker://{model.model_id}/external_weights/{save.path}"
+        folder = _external_dir(self.state_dir, path)
+        if folder.exists():
+            raise _UserError(f"Checkpoint {path} already exists.")
+        weights = _safetensors_bytes(
+            {ADAPTER_TENSOR: model.params.astype(np.float32)},
+            {"format": "pt", "base_model": model.base_model, "lora_rank": str(model.lora_rank),
+             "tinker_path": path})
+        config = {"base_model_name_or_path": model.base_model, "peft_type": "LORA", "task_type": "CAUSAL_LM",
+                  "r": model.lora_rank, "lora_alpha": model.lora_rank, "lora_dropout": 0.0, "bias": "none",
+                  "target_modules": "all-linear", "tinker_path": path}
+        files = {ADAPTER_WEIGHTS_FILE: weights,
+                 ADAPTER_CONFIG_FILE: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()}
+        staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+        for name, data in files.items():
+            _atomic_write_bytes(staging / name, data)
+        os.replace(staging, folder)  # the checkpoint appears whole
+        size = sum(len(data) for data in files.values())
+        return "json", {"type": "save_weights_external", "path": path, "size_bytes": size}, {"path": path}
+
+    def _external_weights_urls(self, route: str) -> httpx.Response:
+        # training_runs/<run>/checkpoints/external_weights/<name>/external_weights_urls
+        parts = route.split("/")
+        if len(parts) != 6 or parts[2] != "checkpoints" or parts[3] != "external_weights":
+            return _json({"detail": "external_weights_urls needs an external weights checkpoint"}, status=400)
+        run, name = urllib.parse.unquote(parts[1]), urllib.parse.unquote(parts[4])
+        path = f"tinker://{run}/external_weights/{name}"
+        try:
+            files = external_files(self.state_dir, path)
+        except (FileNotFoundError, _UserError):
+            return _json({"detail": f"Checkpoint {path} not found"}, status=404)
+        server = self._export()
+        expires = int(time.time()) + self.config.url_ttl_seconds
+        token = server.register(files)
+        urls = {file: server.url(token, file, expires) for file in files}
+        return _json({"urls": urls,
+                      "expires": datetime.datetime.fromtimestamp(expires, datetime.UTC).isoformat()})
+
+    def _export(self) -> _ExportServer:
+        with self._export_lock:
+            if self._export_server is None:
+                self._export_server = _ExportServer(self)
+            return self._export_server
+
     # ---- sampling ------------------------------------------------------------------------------------------
 
     def _new_sampling_session(self, base_model: str, model_path: str | None, params: np.ndarray
@@ -1092,6 +1246,92 @@ class FakeTinker:
                 scored[: len(prompt) - sample.prompt_logprobs_last_n] = np.nan
             response.prompt_logprobs = scored.astype("<f4").tobytes()
         return "proto", response.SerializeToString(), {"sampler": session.id}
+
+
+class _ExportServer:
+    """Serves exported adapter files over plain HTTP on loopback, behind signed, expiring URLs."""
+
+    def __init__(self, fake: FakeTinker) -> None:
+        self._fake = fake
+        self._secret = os.urandom(32)
+        self._tokens: dict[str, dict[str, Path]] = {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                server.serve(self)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet; URLs carry signatures
+                return None
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-tinker-export", daemon=True)
+        self._thread.start()
+
+    def register(self, files: dict[str, Path]) -> str:
+        token = uuid.uuid4().hex
+        self._tokens[token] = dict(files)
+        return token
+
+    def _sign(self, token: str, file: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{token}/{file}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def url(self, token: str, file: str, expires: int) -> str:
+        query = urllib.parse.urlencode({"expires": expires, "sig": self._sign(token, file, expires)})
+        return f"http://127.0.0.1:{self.port}/{token}/{urllib.parse.quote(file)}?{query}"
+
+    def serve(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        parsed = urllib.parse.urlsplit(handler.path)
+        token, _, file = parsed.path.lstrip("/").partition("/")
+        file = urllib.parse.unquote(file)
+        query = urllib.parse.parse_qs(parsed.query)
+        expires_raw, sig = query.get("expires", [""])[0], query.get("sig", [""])[0]
+        entry = {"token": token, "file": file, "time": time.monotonic()}
+        self._fake.downloads.append(entry)
+        local = self._tokens.get(token, {}).get(file)
+        if local is None:
+            entry["status"] = 404
+            return self._reply(handler, 404, b"no such file\n")
+        if not (expires_raw.isdigit() and hmac.compare_digest(sig, self._sign(token, file, int(expires_raw)))):
+            entry["status"] = 403
+            return self._reply(handler, 403, b"signature does not match\n")
+        if int(expires_raw) < time.time():
+            entry["status"] = 403
+            return self._reply(handler, 403, b"request has expired\n")
+        transport, result, _ = self._fake._faults.attempt("download", (token, file))
+        fault = transport or result
+        if fault is not None:
+            entry["fault"] = fault.kind
+            if fault.kind in ("connection", "timeout"):
+                handler.close_connection = True
+                return None
+            status = _http_status(fault.kind) or 500
+            entry["status"] = status
+            return self._reply(handler, status, (fault.message or f"injected {fault.kind} fault").encode())
+        size = local.stat().st_size
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(size))
+        handler.end_headers()
+        with open(local, "rb") as source:
+            shutil.copyfileobj(source, handler.wfile)
+        entry["status"], entry["bytes"] = 200, size
+        return None
+
+    @staticmethod
+    def _reply(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "text/plain")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
 
 
 def _surface_connection_error(request: httpx.Request, *, timeout: bool) -> None:

@@ -5,15 +5,24 @@ service works, and only then waits; as soon as a step's results are in, the next
 bookkeeping of the finished one runs while the service works. Checkpoints (`save_state`) record the exact `next_step`; a re-run
 resumes from the newest one with `create_training_client_from_state_with_optimizer`, and the batch for any
 step is a pure function of (seed, step), so no batch is applied twice in the final lineage.
+
+With `export_adapter`, the final LoRA weights are also exported (`save_weights_external`), their signed URLs
+fetched (`RestClient.get_external_weights_urls`) and each file downloaded into the artifact store as an
+`adapter` artifact.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
+import httpx
 import numpy as np
 from tinker import types
 
@@ -27,6 +36,10 @@ from workers.errors import JobFailed, RetryJob
 from workers.lease import JobContext
 
 EVENT_SECONDS = 5.0
+DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0, pool=10.0)
+DOWNLOAD_CHUNK = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -157,7 +170,10 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         client = _call(service.create_lora_training_client(base_model=spec.base_model, rank=spec.rank,
                                                            seed=spec.seed))
         start = 0
-    return _train(spec, plan, rows, val, client, start, ctx)
+    result = _train(spec, plan, rows, val, client, start, ctx)
+    if spec.export_adapter:
+        result.update(_export_adapter(service, client, ctx, plan))
+    return result
 
 
 def _save(client: Any, ctx: JobContext, plan: Plan, step: int, reason: str) -> str:
@@ -256,3 +272,91 @@ def _train(spec: TrainingSpec, plan: Plan, rows: list[Any], val: list[Batch], cl
     return {"plan": plan.as_dict(), "steps": plan.total_steps, "final_loss": loss, "final_val_loss": val_loss,
             "state_path": final_state, "sampler_path": sampler, "base_model": spec.base_model,
             "seconds_per_step": seconds_per_step}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Adapter export (spec.export_adapter)
+# --------------------------------------------------------------------------------------------------------------
+
+class _RedactQuery(logging.Filter):
+    """httpx logs every request's full URL at INFO; signed URLs carry credentials in their query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) and a.query for a in record.args):
+            record.args = tuple(a.copy_with(query=None) if isinstance(a, httpx.URL) else a for a in record.args)
+        return True
+
+
+_redact_query = _RedactQuery()
+
+
+def _rest_client(service: Any) -> Any:
+    """A RestClient sharing the service client's connections (and, in tests, its fake).
+
+    SDK 0.38 deprecates `ServiceClient.create_rest_client()` in favour of `tinker.RestClient(base_url=...,
+    api_key=...)`, but that builds its own connections from credentials, outside the client factory (and the
+    test fake). Until the factory offers a RestClient, the deprecated method is the supported way from here.
+    """
+    future: Future[Any] = Future()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            future.set_result(service.create_rest_client())
+    except Exception as exc:  # classified like any SDK failure
+        future.set_exception(exc)
+    return _call(future)
+
+
+def _adapter_file_name(file: str) -> PurePosixPath:
+    name = PurePosixPath(file)
+    if not file or name.is_absolute() or any(part in ("", ".", "..") for part in name.parts):
+        raise JobFailed("tinker_error", f"Tinker returned an unusable adapter file name {file!r}.",
+                        user_error=False)
+    return name
+
+
+def _download(http: httpx.Client, url: str, file: str, writer: artifacts_service.AtomicWriter) -> None:
+    """Stream one signed URL into `writer`. Messages name the file only: the URL's query is a credential."""
+    try:
+        with http.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise RetryJob("adapter_download_failed",
+                               f"Downloading the exported adapter file {file} failed: HTTP {response.status_code}. "
+                               "The job will be retried.")
+            for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                writer.write(chunk)
+    except httpx.HTTPError as exc:
+        raise RetryJob("adapter_download_failed",
+                       f"Downloading the exported adapter file {file} failed ({type(exc).__name__}). "
+                       "The job will be retried.") from None
+
+
+def _export_adapter(service: Any, client: Any, ctx: JobContext, plan: Plan) -> dict[str, Any]:
+    """Export the final LoRA weights in Hugging Face format and store every file as an `adapter` artifact."""
+    path = _call(client.save_weights_external(f"adapter-{plan.total_steps:06d}")).path
+    urls: dict[str, str] = _call(_rest_client(service).get_external_weights_urls(path)).urls
+    names = {file: _adapter_file_name(file) for file in urls}
+    logging.getLogger("httpx").addFilter(_redact_query)  # idempotent: a logger holds a filter once
+    outputs: list[dict[str, Any]] = []
+    try:
+        with httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as http:
+            for file in sorted(urls):
+                log.info("job %s: downloading adapter file %s", ctx.job_id, file)
+                writer = artifacts_service.AtomicWriter(f"{ctx.team_id}/{ctx.job_id}/adapter/{names[file]}")
+                try:
+                    _download(http, urls[file], file, writer)
+                    writer.commit()
+                except BaseException:
+                    writer.abort()
+                    raise
+                suffix = names[file].suffix.lstrip(".").lower()
+                outputs.append({"kind": "adapter", "name": names[file].name, "writer": writer,
+                                "fmt": suffix or "bin", "rows": None, "meta": {"tinker_path": path}})
+                ctx.check()
+    except BaseException:
+        for output in outputs:  # committed files that will not be registered
+            output["writer"].path.unlink(missing_ok=True)
+        raise
+    ids = ctx.publish_artifacts(outputs)
+    ctx.event("adapter_exported", {"path": path, "files": sorted(urls), "artifacts": ids})
+    return {"adapter_artifacts": ids, "adapter_path": path}
