@@ -14,6 +14,25 @@ PG_ADMIN_URL = os.environ.get("TUNEQ_BENCH_PG_ADMIN_URL", "postgresql+psycopg://
 BENCH_DB = "tuneq_bench"
 
 
+def drive_job(kind: str, spec: dict, *, team: str = "bench") -> tuple[str, dict]:
+    """Create a queued job and drive it in this process (claim → pipeline → finish); its id and result."""
+    from app.db import session_scope
+    from app.models import Job
+    from app.services import auth
+    from workers.tasks import drive
+
+    with session_scope() as session:
+        job = Job(team_id=auth.get_or_create_team(session, team).id, kind=kind, status="queued", spec=spec)
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    drive(job_id)
+    with session_scope() as session:
+        done = session.get(Job, job_id)
+        assert done is not None and done.status == "succeeded", done.error if done else None
+        return job_id, done.result or {}
+
+
 def fresh_postgres() -> str:
     """Drop and create the bench database; returns its URL."""
     engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")

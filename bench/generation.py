@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import drive_job  # noqa: E402
+
 KEY = "sk-or-bench"
 
 
@@ -34,22 +36,8 @@ def completion_rate(job_id: str) -> float:
 
 def run_job(spec: dict) -> tuple[dict, float]:
     """Run one generation job in this process; returns its result and its items/s."""
-    from app.db import session_scope
-    from app.models import Job
-    from app.services import auth
-    from workers.tasks import drive
-
-    with session_scope() as session:
-        team = auth.get_or_create_team(session, "bench")
-        job = Job(team_id=team.id, kind="generation", status="queued", spec=spec)
-        session.add(job)
-        session.flush()
-        job_id = job.id
-    drive(job_id)
-    with session_scope() as session:
-        done = session.get(Job, job_id)
-        assert done is not None and done.status == "succeeded", done.error if done else None
-        return done.result or {}, completion_rate(job_id)
+    job_id, result = drive_job("generation", spec)
+    return result, completion_rate(job_id)
 
 
 def main() -> None:

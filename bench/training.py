@@ -19,6 +19,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import drive_job  # noqa: E402
+
 FB_S, OPT_S, BATCH = float(os.environ.get("FB_S", 0.150)), float(os.environ.get("OPT_S", 0.030)), 128
 WORDS = ("the mentor asks which step comes next so that the student can find the answer on their own while "
          "checking each fraction loop proof and graph carefully before moving on to the next idea").split()
@@ -46,11 +48,10 @@ def main() -> None:
         from app.chat import count_batch
         from app.db import session_scope
         from app.migrate import upgrade
-        from app.models import Artifact, Job
+        from app.models import Artifact
         from app.schemas.training import TrainingSpec
         from app.services import auth
         from workers.pipelines.training import _datums
-        from workers.tasks import drive
 
         upgrade(os.environ["TUNEQ_DATABASE_URL"])
         rng = random.Random(0)
@@ -77,17 +78,9 @@ def main() -> None:
                            format="chatml_jsonl", rows=len(rows))
             session.add(art)
             session.flush()
-            job = Job(team_id=team.id, kind="training", status="queued", spec={
-                "train_artifact": art.id, "batch_size": BATCH, "max_steps": args.steps,
-                "save_every": 1000, "max_length": 4096})
-            session.add(job)
-            session.flush()
-            job_id = job.id
-        drive(job_id)
-        with session_scope() as session:
-            done = session.get(Job, job_id)
-            assert done is not None and done.status == "succeeded", done.error if done else None
-            result = done.result or {}
+            artifact_id = art.id
+        _, result = drive_job("training", {"train_artifact": artifact_id, "batch_size": BATCH,
+                                           "max_steps": args.steps, "save_every": 1000, "max_length": 4096})
 
     s_per_step = result["seconds_per_step"]
     nominal = FB_S + OPT_S

@@ -173,14 +173,7 @@ def render_batch(
     enable_thinking: bool = True,
 ) -> list[Rendered]:
     """`render` over many conversations, encoding all message bodies in one threaded tiktoken batch."""
-    plans = []
-    texts: list[str] = []
-    for messages in conversations:
-        if not messages:
-            raise ValueError("cannot render an empty conversation")
-        plan = _plan(messages, train_on, enable_thinking)
-        plans.append(plan)
-        texts += plan[1]
+    plans, texts = plan_batch(conversations, train_on=train_on, enable_thinking=enable_thinking)
     encoded = get_tokenizer().encode_batch(texts)
     out: list[Rendered] = []
     start = 0
