@@ -74,24 +74,13 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.1)
 
-        # 1. Raw Celery: no-op tasks through the same broker, same worker settings.
-        noop_worker = _worker("bench.noop_app", "noop", env, logs / "bench-dispatch-noop.log")
-        procs.append(noop_worker)
+        # Both workers stay up; the two throughputs are measured in alternating rounds, best of three each,
+        # because this machine's speed drifts by ±20 % from one minute to the next.
+        procs.append(_worker("bench.noop_app", "noop", env, logs / "bench-dispatch-noop.log"))
+        procs.append(_worker("workers.celery_app", "test", env, logs / "bench-dispatch-worker.log"))
         from bench.noop_app import noop_app
 
-        counter = redis.Redis.from_url(BROKER)
-        counter.delete("bench:noop:done")
-        start = time.perf_counter()
-        for _ in range(args.jobs):
-            noop_app.send_task("bench.noop", queue="noop")
-        while int(counter.get("bench:noop:done") or 0) < args.jobs:
-            time.sleep(0.005)
-        noop_per_s = args.jobs / (time.perf_counter() - start)
-        noop_worker.terminate()
-        noop_worker.wait()
-
-        # 2. POST → running latency, one job at a time on an idle worker.
-        procs.append(_worker("workers.celery_app", "test", env, logs / "bench-dispatch-worker.log"))
+        # 1. POST → running latency, one job at a time on an idle worker.
         latencies = []
         for _ in range(args.latency_samples):
             sent = datetime.now(UTC)
@@ -101,30 +90,63 @@ def main() -> None:
         latencies.sort()
         p50, p99 = statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
 
-        # 3. Lifecycle throughput: submit over HTTP, claimed, succeeded, with all events written.
-        with session_scope() as session:
-            before = session.scalar(select(func.count()).select_from(Job).where(Job.status == "succeeded"))
-        start = time.perf_counter()
-        statuses = post_many("127.0.0.1", port, "/v1/jobs", b'{"kind": "test", "spec": {"steps": 0}}',
-                             headers={"Authorization": f"Bearer {key}"}, count=args.jobs, connections=8)
-        submit_s = time.perf_counter() - start
-        assert statuses == [201] * args.jobs, set(statuses)
-        while True:
+        counter = redis.Redis.from_url(BROKER)
+
+        def noop_round() -> float:
+            """Raw Celery: no-op tasks through the same broker, same worker settings."""
+            counter.delete("bench:noop:done")
+            start = time.perf_counter()
+            for _ in range(args.jobs):
+                noop_app.send_task("bench.noop", queue="noop")
+            while int(counter.get("bench:noop:done") or 0) < args.jobs:
+                time.sleep(0.005)
+            return args.jobs / (time.perf_counter() - start)
+
+        def succeeded() -> int:
             with session_scope() as session:
-                n = session.scalar(select(func.count()).select_from(Job).where(Job.status == "succeeded"))
-            if n - before >= args.jobs:
-                break
-            time.sleep(0.02)
-        jobs_per_s = args.jobs / (time.perf_counter() - start)
+                return int(session.scalar(select(func.count()).select_from(Job).where(Job.status == "succeeded"))
+                           or 0)
+
+        def lifecycle_round() -> float:
+            """Submit over HTTP, claimed, succeeded, with all events written."""
+            before = succeeded()
+            start = time.perf_counter()
+            statuses = post_many("127.0.0.1", port, "/v1/jobs", b'{"kind": "test", "spec": {"steps": 0}}',
+                                 headers={"Authorization": f"Bearer {key}"}, count=args.jobs, connections=8)
+            assert statuses == [201] * args.jobs, set(statuses)
+            while succeeded() - before < args.jobs:
+                time.sleep(0.02)
+            return args.jobs / (time.perf_counter() - start)
+
+        if os.environ.get("BENCH_CPU"):  # where the CPU goes per lifecycle job (diagnostics)
+            import psutil
+
+            tracked = {"api": [psutil.Process(api.pid)],
+                       "worker": [psutil.Process(procs[-1].pid), *psutil.Process(procs[-1].pid).children()],
+                       "postgres": [p for p in psutil.process_iter(["name"]) if "postgres" in (p.info["name"] or "")],
+                       "redis": [p for p in psutil.process_iter(["name"]) if "redis" in (p.info["name"] or "")],
+                       "bench": [psutil.Process()]}
+
+            def cpu() -> dict[str, float]:
+                return {k: sum(sum(q.cpu_times()[:2]) for q in v) for k, v in tracked.items()}
+
+            before_cpu = cpu()
+            lifecycle_round()
+            after_cpu = cpu()
+            print({k: round((after_cpu[k] - before_cpu[k]) / args.jobs * 1000, 2) for k in tracked}, "ms CPU/job")
+        noop_per_s = jobs_per_s = 0.0
+        for _ in range(3):
+            noop_per_s = max(noop_per_s, noop_round())
+            jobs_per_s = max(jobs_per_s, lifecycle_round())
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait()
     print(f"POST→running      p50 {p50:.1f} ms   p99 {p99:.1f} ms   ({args.latency_samples} jobs, idle worker)")
-    print(f"lifecycle         {jobs_per_s:.0f} jobs/s   ({args.jobs} test jobs via HTTP, worker -c {CONCURRENCY})")
-    print(f"  (of which HTTP submission took {submit_s:.2f} s)")
-    print(f"raw Celery no-op  {noop_per_s:.0f} tasks/s")
+    print(f"lifecycle         {jobs_per_s:.0f} jobs/s   ({args.jobs} test jobs via HTTP, worker -c {CONCURRENCY}, "
+          "best of 3)")
+    print(f"raw Celery no-op  {noop_per_s:.0f} tasks/s   (same broker and worker settings, best of 3)")
     print(json.dumps({"bench": "dispatch", "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
                       "jobs_per_s": round(jobs_per_s, 1), "celery_noop_per_s": round(noop_per_s, 1),
                       "lifecycle_vs_celery": round(jobs_per_s / noop_per_s, 3)}))
