@@ -133,7 +133,15 @@ def main() -> None:
             before_cpu = cpu()
             lifecycle_round()
             after_cpu = cpu()
-            print({k: round((after_cpu[k] - before_cpu[k]) / args.jobs * 1000, 2) for k in tracked}, "ms CPU/job")
+            print("lifecycle", {k: round((after_cpu[k] - before_cpu[k]) / args.jobs * 1000, 2) for k in tracked},
+                  "ms CPU/job")
+            noop = procs[-2]
+            tracked["worker"] = [psutil.Process(noop.pid), *psutil.Process(noop.pid).children()]
+            before_cpu = cpu()
+            noop_round()
+            after_cpu = cpu()
+            print("no-op", {k: round((after_cpu[k] - before_cpu[k]) / args.jobs * 1000, 2) for k in tracked},
+                  "ms CPU/task")
         noop_per_s = jobs_per_s = 0.0
         for _ in range(3):
             noop_per_s = max(noop_per_s, noop_round())
