@@ -37,3 +37,16 @@ def test_compose_commands_are_real_cli_commands() -> None:
             assert result.exit_code == 0, (name, result.output)
             for option in (c for c in command[2:] if c.startswith("--")):
                 assert option in result.output, (name, option)
+
+
+def test_app_never_imports_workers() -> None:
+    """Imports run one way, workers → app (DESIGN.md §5): the API sends tasks by name."""
+    import ast
+
+    offenders = []
+    for path in (ROOT / "app").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "workers"]
+    assert offenders == []
