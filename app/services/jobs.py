@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,22 @@ JOB_COLUMNS = (
 _TIMES = ("created_at", "started_at", "finished_at", "cancel_requested_at")
 _INSERT_JOB = insert(Job)
 _INSERT_EVENT = insert(JobEvent)
+
+
+def _insert_job_and_event() -> Any:
+    """PostgreSQL: the job and its first event in one statement (one round trip instead of two)."""
+    job_columns = [c for c in Job.__table__.c]
+    created = (insert(Job).values({c.name: bindparam(c.name, type_=c.type) for c in job_columns})
+               .returning(Job.id, Job.status, Job.created_at).cte("created"))
+    events = JobEvent.__table__.c
+    return insert(JobEvent).from_select(
+        ["job_id", "seq", "type", "data", "attempt", "created_at"],
+        select(created.c.id, literal(1), created.c.status, bindparam("e_data", type_=events.data.type), literal(0),
+               created.c.created_at),
+    )
+
+
+_INSERT_JOB_AND_EVENT = _insert_job_and_event()
 EVENT_COLUMNS = (JobEvent.seq, JobEvent.type, JobEvent.attempt, JobEvent.data, JobEvent.created_at)
 
 
@@ -192,15 +208,19 @@ def submit(
     conn = session.connection()  # Core inserts: this is the hot write path (bench/dispatch.py)
     try:
         # Constant statements with separate parameters hit SQLAlchemy's compiled cache.
-        conn.execute(_INSERT_JOB, {
-            **row, "team_id": caller.team_id, "lease_token": 0, "event_seq": 1,
-            "idempotency_key": idempotency_key, "request_hash": body_hash, "updated_at": now,
-            "enqueued_at": now if ready else None, "has_dependents": False,
-        })
+        values = {
+            **row, "team_id": caller.team_id, "lease_token": 0, "event_seq": 1, "idempotency_key": idempotency_key,
+            "request_hash": body_hash, "updated_at": now, "enqueued_at": now if ready else None,
+            "has_dependents": False, "lease_owner": None, "heartbeat_at": None,
+        }
+        if conn.dialect.name == "postgresql":
+            conn.execute(_INSERT_JOB_AND_EVENT, {**values, "e_data": {}})
+        else:
+            conn.execute(_INSERT_JOB, values)
+            conn.execute(_INSERT_EVENT, {"job_id": job_id, "seq": 1, "type": status, "attempt": 0, "data": {},
+                                         "created_at": now})
         if body.depends_on:
             conn.execute(update(Job).where(Job.id.in_(body.depends_on)).values(has_dependents=True))
-        conn.execute(_INSERT_EVENT, {"job_id": job_id, "seq": 1, "type": status, "attempt": 0, "data": {},
-                                     "created_at": now})
         session.commit()
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert.
