@@ -50,6 +50,18 @@ def make(fake: FakeOpenRouter, **kw: Any) -> OpenRouterClient:
     return OpenRouterClient(**opts)
 
 
+def chat_error(client: OpenRouterClient, **chat: Any) -> OpenRouterError:
+    """Run one chat call that must fail and return its error."""
+
+    async def go() -> OpenRouterError:
+        async with client as orc:
+            with pytest.raises(OpenRouterError) as ei:
+                await orc.chat(MSGS, **chat)
+            return ei.value
+
+    return asyncio.run(go())
+
+
 def item(key: str) -> dict[str, str]:
     return {"X-Tuneq-Item": key}
 
@@ -161,13 +173,7 @@ def test_calls_per_item_match_server_counters_and_are_reproducible(fake_openrout
 def test_gives_up_after_max_attempts(fake_openrouter: FakeOpenRouter) -> None:
     fake_openrouter.configure(fail_rates={"500": 1.0})
 
-    async def go() -> OpenRouterError:
-        async with make(fake_openrouter, max_attempts=4) as orc:
-            with pytest.raises(OpenRouterError) as ei:
-                await orc.chat(MSGS, model=MODEL, extra_headers=item("dead"))
-            return ei.value
-
-    err = asyncio.run(go())
+    err = chat_error(make(fake_openrouter, max_attempts=4), model=MODEL, extra_headers=item("dead"))
     assert err.code == "provider_error" and err.retryable and not err.fatal
     assert err.calls == 4 == fake_openrouter.calls["dead"] and err.status == 500
     assert "4 attempts" in err.message
@@ -192,14 +198,8 @@ def test_gives_up_rate_limited_and_malformed(fake_openrouter: FakeOpenRouter) ->
 def test_connection_refused_is_retried_then_reported() -> None:
     port = free_port()
 
-    async def go() -> OpenRouterError:
-        async with OpenRouterClient(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/api/v1", max_attempts=3,
-                                    backoff_base=0.01, backoff_max=0.02) as orc:
-            with pytest.raises(OpenRouterError) as ei:
-                await orc.chat(MSGS, model=MODEL)
-            return ei.value
-
-    err = asyncio.run(go())
+    err = chat_error(OpenRouterClient(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/api/v1", max_attempts=3,
+                                      backoff_base=0.01, backoff_max=0.02), model=MODEL)
     assert err.code == "provider_error" and err.calls == 3 and err.retryable and err.status is None
     assert "Could not reach OpenRouter" in err.message
     assert_no_key(err)
@@ -237,26 +237,14 @@ def test_auth_and_credit_errors_are_fatal_at_once(fake_openrouter: FakeOpenRoute
 def test_wrong_key_gets_401(fake_openrouter: FakeOpenRouter) -> None:
     fake_openrouter.configure(api_key="sk-or-v1-the-right-one")
 
-    async def go() -> OpenRouterError:
-        async with make(fake_openrouter) as orc:
-            with pytest.raises(OpenRouterError) as ei:
-                await orc.chat(MSGS, model=MODEL)
-            return ei.value
-
-    err = asyncio.run(go())
+    err = chat_error(make(fake_openrouter), model=MODEL)
     assert err.code == "invalid_api_key" and err.fatal and fake_openrouter.total_calls == 1
 
 
 def test_moderation_403_is_fatal_with_reason(fake_openrouter: FakeOpenRouter) -> None:
     fake_openrouter.configure(status_override=403, override_message="Your input was flagged " + "x" * 1000)
 
-    async def go() -> OpenRouterError:
-        async with make(fake_openrouter) as orc:
-            with pytest.raises(OpenRouterError) as ei:
-                await orc.chat(MSGS, model=MODEL)
-            return ei.value
-
-    err = asyncio.run(go())
+    err = chat_error(make(fake_openrouter), model=MODEL)
     assert err.code == "forbidden" and err.fatal and err.calls == 1
     assert "flagged" in err.message and len(err.message) < 500
 
@@ -264,13 +252,7 @@ def test_moderation_403_is_fatal_with_reason(fake_openrouter: FakeOpenRouter) ->
 def test_unknown_model_is_fatal_bad_request(fake_openrouter: FakeOpenRouter) -> None:
     fake_openrouter.configure(known_models={MODEL})
 
-    async def go() -> OpenRouterError:
-        async with make(fake_openrouter) as orc:
-            with pytest.raises(OpenRouterError) as ei:
-                await orc.chat(MSGS, model="openai/gpt-99")
-            return ei.value
-
-    err = asyncio.run(go())
+    err = chat_error(make(fake_openrouter), model="openai/gpt-99")
     assert err.code == "bad_request" and err.fatal and err.calls == 1 and err.status == 400
     assert "openai/gpt-99 is not a valid model ID" in err.message
 
@@ -279,13 +261,7 @@ def test_other_4xx_is_an_item_error(fake_openrouter: FakeOpenRouter) -> None:
     fake_openrouter.configure(status_override=400,
                               override_message="This endpoint's maximum context length is 8192 tokens")
 
-    async def go() -> OpenRouterError:
-        async with make(fake_openrouter) as orc:
-            with pytest.raises(OpenRouterError) as ei:
-                await orc.chat(MSGS, model=MODEL)
-            return ei.value
-
-    err = asyncio.run(go())
+    err = chat_error(make(fake_openrouter), model=MODEL)
     assert err.code == "bad_request" and not err.fatal and not err.retryable and err.calls == 1
     assert "maximum context length" in err.message
 
@@ -294,13 +270,7 @@ def test_200_error_body_with_auth_code_is_fatal() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"error": {"code": 402, "message": "Insufficient credits"}})
 
-    async def go() -> OpenRouterError:
-        async with OpenRouterClient(api_key=API_KEY, transport=httpx.MockTransport(handler)) as orc:
-            with pytest.raises(OpenRouterError) as ei:
-                await orc.chat(MSGS, model=MODEL)
-            return ei.value
-
-    err = asyncio.run(go())
+    err = chat_error(OpenRouterClient(api_key=API_KEY, transport=httpx.MockTransport(handler)), model=MODEL)
     assert err.code == "insufficient_credits" and err.fatal and err.calls == 1
 
 
