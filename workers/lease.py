@@ -73,11 +73,8 @@ class JobContext:
 
     def update(self, values: dict[str, Any], events: list[tuple[str, dict[str, Any]]] | None = None) -> None:
         """A fenced write of job columns (progress, result) and events."""
-        if self.lease_lost.is_set():
-            raise LeaseLost(self.job_id)
-        with session_scope() as session:
-            if transitions.fenced_update(session, self.job_id, self.token, values, events):
-                self.cancel_requested.set()
+        with self.fenced(values, events):
+            pass
 
     def progress(self, done: int, total: int | None, unit: str, *, event: bool = False,
                  extra: dict[str, Any] | None = None) -> None:

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from app.api.deps import CallerDep, SessionDep, SettingsDep
 from app.api.responses import JSON
 from app.db import session_scope
+from app.models import TERMINAL_STATUSES
 from app.schemas.jobs import EventList, JobCreate, JobList, JobRead
 from app.services import generation as generation_service
 from app.services import jobs as jobs_service
@@ -26,7 +27,6 @@ from app.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-TERMINAL_EVENTS = {"succeeded", "failed", "cancelled"}
 POLL_SECONDS = 0.2
 
 
@@ -116,7 +116,7 @@ async def job_events(
             for event in batch:
                 last = event["seq"]
                 yield {"id": str(last), "event": event["type"], "data": orjson.dumps(event).decode()}
-                if event["type"] in TERMINAL_EVENTS:
+                if event["type"] in TERMINAL_STATUSES:  # a terminal event is named after its status
                     return
             if not batch and jobs_service.is_terminal(await run_in_threadpool(_job, caller.team_id, job_id)):
                 # Ended before `last`: re-check once so a final event is never missed.

@@ -130,25 +130,22 @@ def forget_job_artifacts(session: Session, job_id: str) -> None:
     session.execute(delete(Artifact).where(Artifact.job_id == job_id))
 
 
-def get(session: Session, *, team_id: str, artifact_id: str) -> dict[str, Any]:
-    row = session.execute(select(*ARTIFACT_COLUMNS).where(Artifact.id == artifact_id,
-                                                         Artifact.team_id == team_id)).first()
+def _row(session: Session, team_id: str, artifact_id: str, *extra: Any) -> Any:
+    row = session.execute(select(*ARTIFACT_COLUMNS, *extra).where(Artifact.id == artifact_id,
+                                                                 Artifact.team_id == team_id)).first()
     if row is None:
         raise NotFound(f"No artifact {artifact_id} in your team.")
-    return _to_dict(row)
+    return row
 
 
-def list_for_job(session: Session, *, team_id: str, job_id: str) -> list[dict[str, Any]]:
-    rows = session.execute(select(*ARTIFACT_COLUMNS).where(Artifact.job_id == job_id, Artifact.team_id == team_id)
-                           .order_by(Artifact.id)).all()
-    return [_to_dict(r) for r in rows]
+def get(session: Session, *, team_id: str, artifact_id: str) -> dict[str, Any]:
+    return _to_dict(_row(session, team_id, artifact_id))
 
 
 def path_of(session: Session, *, team_id: str, artifact_id: str) -> tuple[Path, dict[str, Any]]:
-    meta = get(session, team_id=team_id, artifact_id=artifact_id)
-    uri = session.scalar(select(Artifact.uri).where(Artifact.id == artifact_id))
-    assert uri is not None
-    return local_path(uri), meta
+    """The artifact's file and its metadata, in one query."""
+    meta = _to_dict(_row(session, team_id, artifact_id, Artifact.uri))
+    return local_path(meta.pop("uri")), meta
 
 
 def iter_jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
