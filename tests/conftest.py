@@ -74,12 +74,12 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 
 def _reload_settings() -> None:
     from app.db import reset_engine
-    from app.queue import reset_client
+    from app.queue import reset_sender
     from app.settings import get_settings
 
     get_settings.cache_clear()
     reset_engine()
-    reset_client()
+    reset_sender()
 
 
 OPENROUTER_TEST_KEY = "sk-or-v1-tuneq-test-key-0123456789abcdef"

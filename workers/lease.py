@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.db import session_scope
+from app.db import run_statement, session_scope
 from app.services import artifacts as artifacts_service
 from app.services import transitions
 from app.services.transitions import Claim, LeaseLost
@@ -53,9 +53,8 @@ class JobContext:
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_seconds):
             try:
-                with session_scope() as session:
-                    if transitions.heartbeat(session, self.job_id, self.token):
-                        self.cancel_requested.set()
+                if run_statement(lambda db: transitions.heartbeat(db, self.job_id, self.token)):
+                    self.cancel_requested.set()
             except LeaseLost:
                 log.warning("job %s: lease lost (another worker took over); stopping", self.job_id)
                 self.lease_lost.set()

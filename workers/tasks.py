@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from app.db import session_scope
+from app.db import run_statement, session_scope
 from app.queue import RUN_JOB, enqueue
 from app.services import transitions
 from app.services.transitions import LeaseLost, error_body
@@ -26,8 +26,8 @@ def run_job(job_id: str) -> None:
 def drive(job_id: str) -> None:
     """Run job `job_id` if we can claim it; a message for a job someone else owns is just acked."""
     settings = get_settings()
-    with session_scope() as session:
-        claim = transitions.claim(session, job_id, owner=worker_identity(), lease_seconds=settings.lease_seconds)
+    claim = run_statement(lambda db: transitions.claim(db, job_id, owner=worker_identity(),
+                                                       lease_seconds=settings.lease_seconds))
     if claim is None:
         log.info("job %s: not claimable (already taken, finished or cancelled); ignoring wake-up", job_id)
         return
@@ -70,10 +70,12 @@ def _run(ctx: JobContext) -> None:
 
 def _finish(ctx: JobContext, status: str, *, result: dict[str, Any] | None = None,
             error: dict[str, Any] | None = None) -> None:
-    """Record the end, and in the same transaction queue the jobs that were waiting on this one."""
-    with session_scope() as session:
-        waited_on = transitions.finish(session, ctx.job_id, ctx.token, status, result=result, error=error)
-        released = transitions.release_pending(session, ctx.team_id) if waited_on else []
+    """Record the end, then queue the jobs that were waiting on this one (the reaper also would)."""
+    waited_on = run_statement(lambda db: transitions.finish(db, ctx.job_id, ctx.token, status, result=result,
+                                                            error=error))
     log.info("job %s: %s", ctx.job_id, status)
-    for job_id, kind in released:
-        enqueue(job_id, kind)
+    if waited_on:
+        with session_scope() as session:
+            released = transitions.release_pending(session, ctx.team_id)
+        for job_id, kind in released:
+            enqueue(job_id, kind)

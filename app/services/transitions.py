@@ -1,8 +1,9 @@
 """Every job status change, as compare-and-set UPDATEs (DESIGN.md §2–3).
 
 Each change bumps `job.event_seq` in the same UPDATE that checks the expected state, then appends
-its events with those sequence numbers, all in the caller's transaction. A write made by a worker
-also matches its `lease_token`: zero rows means the lease moved on, and the worker must stop.
+its events with those sequence numbers, all in the caller's transaction; on PostgreSQL a change with one
+event is a single statement, which app.db.run_statement runs in autocommit. A write made by a worker also
+matches its `lease_token`: zero rows means the lease moved on, and the worker must stop.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Update, and_, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Select, Update, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobEvent, utcnow
 
 Event = tuple[str, dict[str, Any]]
+DB = Session | Connection  # a session, or a bare connection from app.db.run_statement
 
 
 class LeaseLost(Exception):
@@ -90,7 +92,7 @@ def _statement_logged(guard: str, keys: tuple[str, ...], increments: tuple[str, 
 
 
 def _change(
-    session: Session,
+    db: DB,
     job_id: str,
     guard: str,
     values: dict[str, Any],
@@ -104,7 +106,7 @@ def _change(
     increments = tuple(sorted(k for k, v in values.items() if v is INCREMENT))
     params = {f"v_{k}": values[k] for k in keys}
     params.update({f"g_{k}": v for k, v in guard_params.items()}, g_job_id=job_id, n_events=len(events))
-    conn = session.connection()  # Core, not ORM-enabled execution: this runs for every job step
+    conn = db.connection() if isinstance(db, Session) else db  # Core, not ORM-enabled: runs for every job step
     if len(events) == 1 and conn.dialect.name == "postgresql":
         (type_, data), = events
         params.update(e_type=type_, e_data=data, e_created_at=now)
@@ -126,12 +128,12 @@ def _change(
 # ---- worker side -----------------------------------------------------------------------------
 
 
-def claim(session: Session, job_id: str, *, owner: str, lease_seconds: float) -> Claim | None:
+def claim(db: DB, job_id: str, *, owner: str, lease_seconds: float) -> Claim | None:
     """Take the job if it is queued, or running under a lease that went stale. None: not ours."""
     now = utcnow()
     cutoff = now - timedelta(seconds=lease_seconds)
     row = _change(
-        session,
+        db,
         job_id,
         "claimable",
         {"status": "running", "lease_owner": owner, "lease_token": INCREMENT, "heartbeat_at": now,
@@ -145,28 +147,28 @@ def claim(session: Session, job_id: str, *, owner: str, lease_seconds: float) ->
     return Claim(job_id, row.team_id, row.kind, row.spec, row.lease_token, row.attempt, row.max_attempts)
 
 
-def heartbeat(session: Session, job_id: str, token: int) -> bool:
+def heartbeat(db: DB, job_id: str, token: int) -> bool:
     """Renew the lease. Returns True when a cancel was requested. Raises LeaseLost."""
     now = utcnow()
-    row = _change(session, job_id, "leased", {"heartbeat_at": now}, [], now, token=token)
+    row = _change(db, job_id, "leased", {"heartbeat_at": now}, [], now, token=token)
     if row is None:
         raise LeaseLost(job_id)
     return row.cancel_requested_at is not None
 
 
 def fenced_update(
-    session: Session, job_id: str, token: int, values: dict[str, Any], events: list[Event] | None = None
+    db: DB, job_id: str, token: int, values: dict[str, Any], events: list[Event] | None = None
 ) -> bool:
     """A worker's write. Returns True when a cancel was requested. Raises LeaseLost."""
     now = utcnow()
-    row = _change(session, job_id, "leased", {**values, "heartbeat_at": now}, events or [], now, token=token)
+    row = _change(db, job_id, "leased", {**values, "heartbeat_at": now}, events or [], now, token=token)
     if row is None:
         raise LeaseLost(job_id)
     return row.cancel_requested_at is not None
 
 
 def finish(
-    session: Session,
+    db: DB,
     job_id: str,
     token: int,
     status: str,
@@ -184,21 +186,21 @@ def finish(
     if error is not None:
         values["error"] = error
     data = {"error": error} if error else {}
-    row = _change(session, job_id, "leased", values, [(status, data)], now, token=token)
+    row = _change(db, job_id, "leased", values, [(status, data)], now, token=token)
     if row is None:
         raise LeaseLost(job_id)
     return bool(row.has_dependents)
 
 
-def retry_later(session: Session, job_id: str, token: int, error: dict[str, Any]) -> bool:
+def retry_later(db: DB, job_id: str, token: int, error: dict[str, Any]) -> bool:
     """Give a transient failure another attempt. False when attempts are used up (job failed)."""
     now = utcnow()
-    row = session.execute(select(Job.attempt, Job.max_attempts).where(Job.id == job_id)).first()
+    row = db.execute(select(Job.attempt, Job.max_attempts).where(Job.id == job_id)).first()
     if row is not None and row.attempt >= row.max_attempts:
-        finish(session, job_id, token, "failed", error=error)
+        finish(db, job_id, token, "failed", error=error)
         return False
     values = {"status": "queued", "lease_owner": None, "enqueued_at": now, "error": error}
-    if _change(session, job_id, "leased", values, [("retrying", {"error": error})], now, token=token) is None:
+    if _change(db, job_id, "leased", values, [("retrying", {"error": error})], now, token=token) is None:
         raise LeaseLost(job_id)
     return True
 
@@ -206,11 +208,11 @@ def retry_later(session: Session, job_id: str, token: int, error: dict[str, Any]
 # ---- API side --------------------------------------------------------------------------------
 
 
-def request_cancel(session: Session, job_id: str) -> None:
+def request_cancel(db: DB, job_id: str) -> None:
     """Cancel now if no worker runs it; otherwise ask the worker to stop at its next step."""
     now = utcnow()
     done = _change(
-        session,
+        db,
         job_id,
         "waiting",
         {"status": "cancelled", "finished_at": now, "cancel_requested_at": now},
@@ -219,7 +221,7 @@ def request_cancel(session: Session, job_id: str) -> None:
     )
     if done is None:
         _change(
-            session,
+            db,
             job_id,
             "running_not_cancelling",
             {"cancel_requested_at": now},
@@ -228,23 +230,23 @@ def request_cancel(session: Session, job_id: str) -> None:
         )
 
 
-def enqueue_marked(session: Session, job_id: str, expected_enqueued_at: datetime | None) -> bool:
+def enqueue_marked(db: DB, job_id: str, expected_enqueued_at: datetime | None) -> bool:
     """Note that a wake-up is being sent again; False if someone else just did it."""
     now = utcnow()
     if expected_enqueued_at is None:
-        return _change(session, job_id, "queued_never_sent", {"enqueued_at": now}, [], now) is not None
-    return _change(session, job_id, "queued_sent_at", {"enqueued_at": now}, [], now,
+        return _change(db, job_id, "queued_never_sent", {"enqueued_at": now}, [], now) is not None
+    return _change(db, job_id, "queued_sent_at", {"enqueued_at": now}, [], now,
                    enqueued_at=expected_enqueued_at) is not None
 
 
 # ---- the reaper ------------------------------------------------------------------------------
 
 
-def reap(session: Session, *, lease_seconds: float, requeue_after_seconds: float) -> list[tuple[str, str]]:
+def reap(db: DB, *, lease_seconds: float, requeue_after_seconds: float) -> list[tuple[str, str]]:
     """Recover jobs whose worker died and wake-ups that were lost. Returns (job_id, kind) to enqueue."""
     now = utcnow()
     to_enqueue: list[tuple[str, str]] = []
-    stale = session.execute(
+    stale = db.execute(
         select(Job.id, Job.kind, Job.attempt, Job.max_attempts, Job.lease_token, Job.lease_owner,
                Job.cancel_requested_at)
         .where(Job.status == "running", Job.heartbeat_at < now - timedelta(seconds=lease_seconds))
@@ -254,7 +256,7 @@ def reap(session: Session, *, lease_seconds: float, requeue_after_seconds: float
         token = job.lease_token  # the stale lease this pass takes over (a CAS: one reaper wins)
         lost = {"previous_owner": job.lease_owner, "attempt": job.attempt}
         if job.cancel_requested_at is not None:
-            _change(session, job.id, "leased", {"status": "cancelled", "finished_at": now, "lease_owner": None},
+            _change(db, job.id, "leased", {"status": "cancelled", "finished_at": now, "lease_owner": None},
                     [("cancelled", {"reason": "cancel requested; its worker stopped responding", **lost})], now,
                     token=token)
         elif job.attempt >= job.max_attempts:
@@ -265,44 +267,44 @@ def reap(session: Session, *, lease_seconds: float, requeue_after_seconds: float
                 "out-of-memory kill; resubmit once it is fixed.",
                 user_error=False,
             )
-            _change(session, job.id, "leased",
+            _change(db, job.id, "leased",
                     {"status": "failed", "finished_at": now, "lease_owner": None, "error": err},
                     [("failed", {"error": err})], now, token=token)
         else:
-            if _change(session, job.id, "leased", {"status": "queued", "lease_owner": None, "enqueued_at": now},
+            if _change(db, job.id, "leased", {"status": "queued", "lease_owner": None, "enqueued_at": now},
                        [("requeued", {"reason": "heartbeat timeout", **lost})], now, token=token) is not None:
                 to_enqueue.append((job.id, job.kind))
 
-    unclaimed = session.execute(
+    unclaimed = db.execute(
         select(Job.id, Job.kind, Job.enqueued_at)
         .where(Job.status == "queued",
                (Job.enqueued_at < now - timedelta(seconds=requeue_after_seconds)) | Job.enqueued_at.is_(None))
         .limit(500)
     ).all()
     for waiting in unclaimed:
-        if enqueue_marked(session, waiting.id, waiting.enqueued_at):
+        if enqueue_marked(db, waiting.id, waiting.enqueued_at):
             to_enqueue.append((waiting.id, waiting.kind))
 
-    to_enqueue.extend(release_pending(session))
+    to_enqueue.extend(release_pending(db))
     return to_enqueue
 
 
-def release_pending(session: Session, team_id: str | None = None) -> list[tuple[str, str]]:
+def release_pending(db: DB, team_id: str | None = None) -> list[tuple[str, str]]:
     """Queue pending jobs whose dependencies all succeeded; cancel those with a failed one."""
     now = utcnow()
     query = select(Job.id, Job.kind, Job.depends_on).where(Job.status == "pending").limit(500)
     if team_id is not None:
         query = query.where(Job.team_id == team_id)
-    pending = session.execute(query).all()
+    pending = db.execute(query).all()
     released: list[tuple[str, str]] = []
     for job in pending:
-        deps = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(job.depends_on))).tuples().all())
+        deps = dict(db.execute(select(Job.id, Job.status).where(Job.id.in_(job.depends_on))).tuples().all())
         broken = sorted(d for d in job.depends_on if deps.get(d) in ("failed", "cancelled", None))
         if broken:
-            _change(session, job.id, "pending", {"status": "cancelled", "finished_at": now},
+            _change(db, job.id, "pending", {"status": "cancelled", "finished_at": now},
                     [("cancelled", {"reason": f"dependency {broken[0]} did not succeed"})], now)
         elif all(deps.get(d) == "succeeded" for d in job.depends_on):
-            if _change(session, job.id, "pending", {"status": "queued", "enqueued_at": now},
+            if _change(db, job.id, "pending", {"status": "queued", "enqueued_at": now},
                        [("queued", {})], now) is not None:
                 released.append((job.id, job.kind))
     return released

@@ -112,3 +112,20 @@ def test_cancel_of_a_queued_job_is_immediate_and_final(job_id: str) -> None:
         transitions.request_cancel(session, job_id)
     assert _claim(job_id, "a") is None
     assert [t for _, t, _ in _events(job_id)] == ["queued", "cancelled"]
+
+
+def test_transitions_through_run_statement_survive_a_dropped_sql_connection(job_id: str) -> None:
+    """The worker's claim/finish path skips the pre-ping; a connection the server dropped is replaced."""
+    from sqlalchemy import text
+
+    from app.db import get_engine, run_statement
+
+    if get_engine().dialect.name != "postgresql":
+        pytest.skip("autocommit without pre-ping is the PostgreSQL path; SQLite uses plain transactions")
+    pid = run_statement(lambda db: db.execute(text("SELECT pg_backend_pid()")).scalar())
+    with session_scope() as session:  # what a PostgreSQL restart or an idle timeout does to it
+        assert session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    claim = run_statement(lambda db: transitions.claim(db, job_id, owner="w1", lease_seconds=3))
+    assert claim is not None and claim.attempt == 1
+    run_statement(lambda db: transitions.finish(db, job_id, claim.token, "succeeded", result={}))
+    assert [t for _, t, _ in _events(job_id)] == ["queued", "running", "succeeded"]
