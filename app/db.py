@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -16,7 +19,9 @@ from app.settings import get_settings
 _engine: Engine | None = None
 _statement_engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
+_sql_threads: ThreadPoolExecutor | None = None
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def _json_dumps(value: object) -> str:
@@ -79,14 +84,14 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def run_statement(work: Callable[[Connection], T]) -> T:
-    """Run `work`, one compare-and-set write, where it costs the fewest round trips.
+def run_statement(work: Callable[[Connection], T], *, idempotent: bool = True) -> T:
+    """Run `work`, one self-contained write, where it costs the fewest round trips.
 
     On PostgreSQL each transition is a single statement (a CTE), so it runs in autocommit with no BEGIN or
     COMMIT, on a connection that is not pinged at checkout: one round trip instead of four. A connection found
-    dead is dropped and `work` runs once more (SQLAlchemy's "optimistic" disconnect handling), which a
-    compare-and-set can afford: a repeat of a write that did land just matches no row. Elsewhere (SQLite)
-    `work` runs in an ordinary transaction.
+    dead is dropped and, if `idempotent`, `work` runs once more (SQLAlchemy's "optimistic" disconnect
+    handling); a compare-and-set can afford that, since a repeat of a write that did land matches no row.
+    Elsewhere (SQLite) `work` runs in an ordinary transaction.
     """
     global _statement_engine
     engine = get_engine()
@@ -95,12 +100,21 @@ def run_statement(work: Callable[[Connection], T]) -> T:
             return work(conn)
     if _statement_engine is None:
         _statement_engine = make_engine(get_settings().resolved_database_url, pool_pre_ping=False,
-                                        isolation_level="AUTOCOMMIT", pool_size=2)
+                                        isolation_level="AUTOCOMMIT")
     for attempt in (1, 2):
         try:
             with _statement_engine.connect() as conn:
                 return work(conn)
         except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
+            if attempt == 2 or not idempotent or not exc.connection_invalidated:
                 raise
     raise AssertionError("unreachable")
+
+
+async def in_sql_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run blocking SQL work off the event loop, on this process's SQL threads. Cheaper per call than
+    Starlette's run_in_threadpool (no capacity limiter or cancel scope), which shows on POST /v1/jobs."""
+    global _sql_threads
+    if _sql_threads is None:
+        _sql_threads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="sql")
+    return await asyncio.get_running_loop().run_in_executor(_sql_threads, functools.partial(fn, *args, **kwargs))

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -105,6 +106,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
         return problem(exc.status_code, title, detail, code=title.lower().replace(" ", "_"))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(ConnectionError)
+    async def _unreachable(request: Request, exc: Exception) -> Response:
+        log.warning("database unreachable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return problem(503, "Service unavailable", "The database did not answer (down, restarting or busy). Retry "
+                       "shortly; with an Idempotency-Key a retried POST /v1/jobs cannot create a second job.",
+                       code="database_unavailable",
+                       headers={"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:

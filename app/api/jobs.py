@@ -11,12 +11,11 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from app.api.deps import CallerDep, SessionDep, SettingsDep
 from app.api.responses import JSON
-from app.db import session_scope
+from app.db import in_sql_thread, session_scope
 from app.models import TERMINAL_STATUSES
 from app.schemas.jobs import EventList, JobCreate, JobList, JobRead
 from app.services import generation as generation_service
@@ -47,7 +46,7 @@ async def create_job(
 ) -> Response:
     caller.require("jobs:write")
     # One thread hop for all the blocking work (SQL, broker): this is the hot write path.
-    job, replayed = await run_in_threadpool(_submit, caller, body, idempotency_key, settings)
+    job, replayed = await in_sql_thread(_submit, caller, body, idempotency_key, settings)
     return JSON(job, status_code=201, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 
@@ -106,7 +105,7 @@ async def job_events(
 ) -> Response:
     """A page of events after `after`; with `Accept: text/event-stream`, a live stream until the job ends."""
     start = last_event_id if last_event_id is not None else after
-    first, has_more = await run_in_threadpool(_events_page, caller.team_id, job_id, start, limit)
+    first, has_more = await in_sql_thread(_events_page, caller.team_id, job_id, start, limit)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return JSON({"data": first, "has_more": has_more, "next_cursor": first[-1]["seq"] if has_more else None})
 
@@ -118,14 +117,14 @@ async def job_events(
                 yield {"id": str(last), "event": event["type"], "data": orjson.dumps(event).decode()}
                 if event["type"] in TERMINAL_STATUSES:  # a terminal event is named after its status
                     return
-            if not batch and jobs_service.is_terminal(await run_in_threadpool(_job, caller.team_id, job_id)):
+            if not batch and jobs_service.is_terminal(await in_sql_thread(_job, caller.team_id, job_id)):
                 # Ended before `last`: re-check once so a final event is never missed.
-                batch, _ = await run_in_threadpool(_events_page, caller.team_id, job_id, last, 1000)
+                batch, _ = await in_sql_thread(_events_page, caller.team_id, job_id, last, 1000)
                 if not batch:
                     return
                 continue
             await asyncio.sleep(POLL_SECONDS)
-            batch, _ = await run_in_threadpool(_events_page, caller.team_id, job_id, last, 1000)
+            batch, _ = await in_sql_thread(_events_page, caller.team_id, job_id, last, 1000)
 
     return EventSourceResponse(stream(), ping=15)
 
@@ -173,7 +172,7 @@ async def wait_for_job(
     """Long-poll: answers as soon as the job ends, or with its current state after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        job = await run_in_threadpool(_job, caller.team_id, job_id)
+        job = await in_sql_thread(_job, caller.team_id, job_id)
         if jobs_service.is_terminal(job) or time.monotonic() >= deadline:
             return JSON(job)
         await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))

@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.concurrency import run_in_threadpool
 
-from app.db import session_scope
+from app.db import in_sql_thread, session_scope
 from app.errors import NotFound
 from app.services import jobs as jobs_service
 
@@ -51,7 +50,7 @@ class JobReader:
     async def get_json(self, team_id: str, job_id: str) -> bytes:
         """The job as JSON bytes; NotFound when it is not in the caller's team."""
         if self.pool is None:
-            return orjson.dumps(await run_in_threadpool(_sync_get, team_id, job_id))
+            return orjson.dumps(await in_sql_thread(_sync_get, team_id, job_id))
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(_SQL, job_id, team_id)
         if row is None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 
 from tests.conftest import make_client
-from tests.support import Stack
+from tests.support import Stack, free_port
 
 
 def test_another_teams_job_is_not_found(stack: Stack, client: httpx.Client) -> None:
@@ -131,3 +132,18 @@ def test_unknown_route_and_job(client: httpx.Client) -> None:
 def test_health(stack: Stack) -> None:
     assert httpx.get(f"{stack.base_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{stack.base_url}/readyz").json() == {"status": "ok", "sql": "ok", "broker": "ok"}
+
+
+def test_an_unreachable_database_is_a_503_that_says_so(stack: Stack, tmp_path: Path) -> None:
+    """Not a 500: the client learns the request can be retried."""
+    down = Stack(env={**stack.env, "TUNEQ_DATABASE_URL": f"sqlite:///{tmp_path}/missing-dir/tuneq.db"},
+                 base_url=f"http://127.0.0.1:{free_port()}", logs=tmp_path)
+    down.start_api()
+    try:
+        r = httpx.post(f"{down.base_url}/v1/jobs", json={"kind": "test"}, headers={"Authorization": "Bearer tq_a_b"})
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"] == "application/problem+json" and r.headers["retry-after"] == "2"
+        assert "database did not answer" in r.json()["detail"]
+        assert httpx.get(f"{down.base_url}/readyz").status_code == 503
+    finally:
+        down.stop()
