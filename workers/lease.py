@@ -27,6 +27,59 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class Heartbeats:
+    """One thread per process renews the leases of every job running in it, each on its own schedule.
+
+    A thread per job would cost a start and a join even for jobs that end within a heartbeat, which is
+    most of the wall time of a short job (bench/dispatch.py). Threads do not survive fork, so a forked
+    child starts its own on its first job.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: set[JobContext] = set()
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, ctx: JobContext) -> None:
+        with self._lock:
+            self._jobs.add(ctx)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+                self._thread.start()
+        self._changed.set()  # the new job may be due before the thread's current wake-up
+
+    def remove(self, ctx: JobContext) -> None:
+        with ctx.beat_lock:  # waits for a beat in flight: none starts after this
+            ctx.beating = False
+        with self._lock:
+            self._jobs.discard(ctx)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                jobs = list(self._jobs)
+            now = time.monotonic()
+            for ctx in jobs:
+                if ctx.next_beat <= now:
+                    ctx.beat()
+            with self._lock:
+                due = min((ctx.next_beat for ctx in self._jobs), default=None)
+            self._changed.wait(None if due is None else max(0.0, due - time.monotonic()))
+            self._changed.clear()
+
+
+HEARTBEATS = Heartbeats()
+
+
+def _after_fork_in_child() -> None:
+    global HEARTBEATS
+    HEARTBEATS = Heartbeats()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class JobContext:
     """Everything a pipeline may do to its job. Every write carries the lease token."""
 
@@ -37,28 +90,32 @@ class JobContext:
         self.team_id = claim.team_id
         self.cancel_requested = threading.Event()
         self.lease_lost = threading.Event()
-        self._stop = threading.Event()
         self._started = time.monotonic()
-        self._beat = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.job_id}", daemon=True)
+        self.next_beat = self._started + settings.heartbeat_seconds
+        self.beat_lock = threading.Lock()
+        self.beating = True
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> JobContext:
-        self._beat.start()
+        HEARTBEATS.add(self)
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._beat.join(timeout=5)
+        HEARTBEATS.remove(self)
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_seconds):
+    def beat(self) -> None:
+        """Renew the lease (called by HEARTBEATS); notes a cancel request or a lost lease for `check()`."""
+        with self.beat_lock:
+            if not self.beating:
+                return
+            self.next_beat = time.monotonic() + self.settings.heartbeat_seconds
             try:
                 if run_statement(lambda db: transitions.heartbeat(db, self.job_id, self.token)):
                     self.cancel_requested.set()
             except LeaseLost:
                 log.warning("job %s: lease lost (another worker took over); stopping", self.job_id)
                 self.lease_lost.set()
-                return
+                self.beating = False
             except Exception:
                 log.exception("job %s: heartbeat failed; will retry", self.job_id)
 

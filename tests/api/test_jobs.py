@@ -99,6 +99,16 @@ def test_cancel_running_job_stops_it(client: httpx.Client) -> None:
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200  # cancelling again is harmless
 
 
+def test_heartbeats_keep_a_silent_step_longer_than_the_lease(client: httpx.Client) -> None:
+    """A step that writes nothing for longer than the lease (3 s in tests) keeps its lease through heartbeats
+    alone: no requeue, one attempt."""
+    job = submit(client, steps=1, step_seconds=4.5)
+    done = wait_done(client, job["id"])
+    assert done["status"] == "succeeded" and done["attempt"] == 1
+    types = [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
+    assert types == ["queued", "running", "progress", "succeeded"]
+
+
 def test_cancel_finished_job_is_a_conflict(client: httpx.Client) -> None:
     job = wait_done(client, submit(client)["id"])
     r = client.post(f"/v1/jobs/{job['id']}/cancel")
