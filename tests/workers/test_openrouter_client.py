@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import pickle
 import time
@@ -406,9 +407,13 @@ def test_client_requests_are_paced_by_the_limiter(fake_openrouter: FakeOpenRoute
 
     asyncio.run(go())
     stamps = sorted(r["t"] for r in fake_openrouter.requests)
-    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    print(f"\nclient via limiter: {len(stamps)} requests, server saw {rate:.2f} rps (target 50)")
-    assert abs(rate - 50) <= 2.5
+    # Never faster than the limit in any one-second window (5 requests of slack for arrival jitter; without
+    # the limiter 32 callers at 50 ms would make ~640 rps), and not slower than it once connections are up.
+    busiest = max(bisect.bisect_left(stamps, t + 1.0) - i for i, t in enumerate(stamps))
+    steady = (len(stamps) - 11) / (stamps[-1] - stamps[10])
+    print(f"\nclient via limiter: {len(stamps)} requests, busiest second {busiest}, steady {steady:.2f} rps")
+    assert busiest <= 55
+    assert 46 <= steady <= 52.5
 
 
 def test_throughput_at_concurrency_32_with_200ms_latency(fake_openrouter: FakeOpenRouter) -> None:
