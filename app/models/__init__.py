@@ -2,7 +2,7 @@
 
 from app.models.api_key import ApiKey
 from app.models.artifact import Artifact
-from app.models.base import Base, new_id, utcnow
+from app.models.base import Base, new_id, row_dict, utcnow
 from app.models.checkpoint import Checkpoint
 from app.models.generation_item import GenerationItem
 from app.models.job import ACTIVE_STATUSES, TERMINAL_STATUSES, Job
@@ -23,5 +23,6 @@ __all__ = [
     "Metric",
     "Team",
     "new_id",
+    "row_dict",
     "utcnow",
 ]

@@ -47,6 +47,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def row_dict(row: Any, *times: str) -> dict[str, Any]:
+    """A Core result row as a JSON-ready dict, with the named datetime columns as ISO 8601 (or None)."""
+    data: dict[str, Any] = row._asdict()
+    for name in times:
+        if data[name] is not None:
+            data[name] = data[name].isoformat()
+    return data
+
+
 def new_id(prefix: str) -> str:
     """A time-ordered id: sorting ids sorts by creation time, so cursors can be plain ids."""
     return f"{prefix}_{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"

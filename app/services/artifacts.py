@@ -17,7 +17,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest, NotFound, PayloadTooLarge
-from app.models import Artifact, new_id, utcnow
+from app.models import Artifact, new_id, row_dict, utcnow
 from app.settings import get_settings
 
 UPLOAD_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -63,12 +63,6 @@ class AtomicWriter:
     def abort(self) -> None:
         self._file.close()
         self._tmp.unlink(missing_ok=True)
-
-
-def _to_dict(row: Any) -> dict[str, Any]:
-    data = row._asdict()
-    data["created_at"] = data["created_at"].isoformat()
-    return data
 
 
 def upload_format(name: str, fmt: str | None) -> str:
@@ -139,12 +133,12 @@ def _row(session: Session, team_id: str, artifact_id: str, *extra: Any) -> Any:
 
 
 def get(session: Session, *, team_id: str, artifact_id: str) -> dict[str, Any]:
-    return _to_dict(_row(session, team_id, artifact_id))
+    return row_dict(_row(session, team_id, artifact_id), "created_at")
 
 
 def path_of(session: Session, *, team_id: str, artifact_id: str) -> tuple[Path, dict[str, Any]]:
     """The artifact's file and its metadata, in one query."""
-    meta = _to_dict(_row(session, team_id, artifact_id, Artifact.uri))
+    meta = row_dict(_row(session, team_id, artifact_id, Artifact.uri), "created_at")
     return local_path(meta.pop("uri")), meta
 
 

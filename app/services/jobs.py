@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.db import run_statement
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.models import TERMINAL_STATUSES, Artifact, Checkpoint, Job, JobEvent, new_id, utcnow
+from app.models import TERMINAL_STATUSES, Artifact, Checkpoint, Job, JobEvent, new_id, row_dict, utcnow
 from app.queue import enqueue
 from app.schemas.jobs import JobCreateBase
 from app.services import generation as generation_service
@@ -47,21 +47,8 @@ _INSERT_JOB_AND_EVENT = _insert_job_and_event()
 EVENT_COLUMNS = (JobEvent.seq, JobEvent.type, JobEvent.attempt, JobEvent.data, JobEvent.created_at)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def job_to_dict(row: Any) -> dict[str, Any]:
-    data = row._asdict()
-    for name in _TIMES:
-        data[name] = _iso(data[name])
-    return data
-
-
-def event_to_dict(row: Any) -> dict[str, Any]:
-    data = row._asdict()
-    data["created_at"] = _iso(data["created_at"])
-    return data
+    return row_dict(row, *_TIMES)
 
 
 def request_hash(body: JobCreateBase) -> str:
@@ -236,7 +223,7 @@ def submit(
         return replay, True
     if ready:
         enqueue(job_id, kind)
-    return {**row, "created_at": _iso(now)}, False
+    return {**row, "created_at": now.isoformat()}, False
 
 
 def get(session: Session, *, team_id: str, job_id: str) -> dict[str, Any]:
@@ -297,7 +284,7 @@ def list_events(
         select(*EVENT_COLUMNS).where(JobEvent.job_id == job_id, JobEvent.seq > after)
         .order_by(JobEvent.seq).limit(limit + 1)
     ).all()
-    return [event_to_dict(r) for r in rows[:limit]], len(rows) > limit
+    return [row_dict(r, "created_at") for r in rows[:limit]], len(rows) > limit
 
 
 def is_terminal(job: dict[str, Any]) -> bool:

@@ -8,7 +8,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound
-from app.models import Checkpoint, Job, Metric, new_id, utcnow
+from app.models import Checkpoint, Job, Metric, new_id, row_dict, utcnow
 
 CHECKPOINT_COLUMNS = (Checkpoint.id, Checkpoint.step, Checkpoint.kind, Checkpoint.uri, Checkpoint.next_step,
                       Checkpoint.data, Checkpoint.created_at)
@@ -48,7 +48,7 @@ def list_checkpoints(session: Session, *, team_id: str, job_id: str) -> list[dic
     _owned(session, team_id, job_id)
     rows = session.execute(select(*CHECKPOINT_COLUMNS).where(Checkpoint.job_id == job_id)
                            .order_by(Checkpoint.step, Checkpoint.created_at)).all()
-    return [{**r._asdict(), "created_at": r.created_at.isoformat()} for r in rows]
+    return [row_dict(r, "created_at") for r in rows]
 
 
 def forget_metrics_from(session: Session, job_id: str, step: int) -> None:
