@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.schemas.common import StrictModel
 from app.schemas.datasets import DatasetSpec
+from app.schemas.evaluation import EvaluationSpec
 from app.schemas.generation import GenerationSpec
 from app.schemas.training import TrainingSpec
 
@@ -49,8 +50,15 @@ class TrainingJobCreate(JobCreateBase):
     spec: TrainingSpec
 
 
-JobCreate = Annotated[TestJobCreate | DatasetJobCreate | GenerationJobCreate | TrainingJobCreate,
-                      Field(discriminator="kind")]
+class EvaluationJobCreate(JobCreateBase):
+    kind: Literal["evaluation"]
+    spec: EvaluationSpec
+
+
+JobCreate = Annotated[
+    TestJobCreate | DatasetJobCreate | GenerationJobCreate | TrainingJobCreate | EvaluationJobCreate,
+    Field(discriminator="kind"),
+]
 
 
 class JobError(BaseModel):

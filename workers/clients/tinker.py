@@ -35,7 +35,7 @@ import httpx
 import tinker
 from tinker import types
 
-from workers.errors import JobFailed
+from workers.errors import JobFailed, RetryJob
 
 log = logging.getLogger(__name__)
 
@@ -360,3 +360,20 @@ def lr_for(base_model: str) -> float:
     hidden = hidden_size_for(base_model)
     exponent = _LLAMA_EXPONENT if "llama" in base_model.lower() else _QWEN_EXPONENT
     return _BASE_LR * _LORA_MULTIPLIER * (2000.0 / hidden) ** exponent
+
+
+def result_of(future: Any) -> Any:
+    """Wait for an SDK future; turn its failure into how the job should end."""
+    try:
+        return future.result()
+    except Exception as exc:
+        kind = classify_error(exc)
+        message = str(exc)[:500] or type(exc).__name__
+        if kind == "user":
+            raise JobFailed("tinker_rejected", f"Tinker rejected the request: {message}") from None
+        if kind == "transient":
+            raise RetryJob("tinker_unavailable",
+                           f"Tinker was unavailable ({type(exc).__name__}: {message}); the job will be retried "
+                           "(training resumes from its last checkpoint).") from None
+        raise JobFailed("tinker_error", f"Tinker refused the job ({type(exc).__name__}: {message}). Check "
+                        "TINKER_API_KEY and the account.", user_error=False) from None

@@ -31,7 +31,7 @@ from app.db import session_scope
 from app.schemas.training import TrainingSpec
 from app.services import artifacts as artifacts_service
 from app.services import training as training_service
-from workers.clients.tinker import classify_error, datum_from, lr_for, make_service_client
+from workers.clients.tinker import datum_from, lr_for, make_service_client, result_of
 from workers.errors import JobFailed, RetryJob
 from workers.lease import JobContext
 
@@ -57,7 +57,7 @@ class Plan:
         return dict(self.__dict__)
 
 
-def _load(ctx: JobContext, artifact_id: str) -> list[list[dict[str, Any]]]:
+def load_conversations(ctx: JobContext, artifact_id: str) -> list[list[dict[str, Any]]]:
     with session_scope() as session:
         path, _ = artifacts_service.path_of(session, team_id=ctx.team_id, artifact_id=artifact_id)
     return [row["messages"] for row in artifacts_service.iter_jsonl_rows(path)]
@@ -124,31 +124,14 @@ def _datums(spec: TrainingSpec, rows: list[Any], indices: Any) -> Batch:
     return Batch(datums, tokens, trained)
 
 
-def _call(future: Any) -> Any:
-    """Wait for an SDK future; turn its failure into how the job should end."""
-    try:
-        return future.result()
-    except Exception as exc:
-        kind = classify_error(exc)
-        message = str(exc)[:500] or type(exc).__name__
-        if kind == "user":
-            raise JobFailed("tinker_rejected", f"Tinker rejected the request: {message}") from None
-        if kind == "transient":
-            raise RetryJob("tinker_unavailable",
-                           f"Tinker was unavailable ({type(exc).__name__}: {message}); resuming from the last "
-                           "checkpoint.") from None
-        raise JobFailed("tinker_error", f"Tinker refused the job ({type(exc).__name__}: {message}). Check "
-                        "TINKER_API_KEY and the account.", user_error=False) from None
-
-
 def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     spec = TrainingSpec.model_validate(spec_dict)
-    all_rows = _load(ctx, spec.train_artifact)
+    all_rows = load_conversations(ctx, spec.train_artifact)
     rows, counts = _fit(spec, all_rows, "training")
     plan = make_plan(spec, counts, len(all_rows) - len(rows))
     val: list[Batch] = []
     if spec.validation_artifact:
-        val_rows, _ = _fit(spec, _load(ctx, spec.validation_artifact), "validation")
+        val_rows, _ = _fit(spec, load_conversations(ctx, spec.validation_artifact), "validation")
         val = [_datums(spec, val_rows, range(i, min(i + plan.batch_size, len(val_rows))))
                for i in range(0, len(val_rows), plan.batch_size)]
     ctx.update({"result": {"plan": plan.as_dict()}}, [("plan", plan.as_dict())])
@@ -159,15 +142,15 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         start_from = (training_service.resolve_checkpoint(session, team_id=ctx.team_id, ref=spec.from_checkpoint)
                       if spec.from_checkpoint else None)
     if resume is not None:
-        client = _call(service.create_training_client_from_state_with_optimizer(resume.uri))
+        client = result_of(service.create_training_client_from_state_with_optimizer(resume.uri))
         start = resume.next_step
         with ctx.fenced(events=[("resumed", {"from_step": start, "checkpoint": resume.id})]) as session:
             training_service.forget_metrics_from(session, ctx.job_id, start + 1)  # metric k = after k steps
     elif start_from is not None:
-        client = _call(service.create_training_client_from_state(start_from))
+        client = result_of(service.create_training_client_from_state(start_from))
         start = 0
     else:
-        client = _call(service.create_lora_training_client(base_model=spec.base_model, rank=spec.rank,
+        client = result_of(service.create_lora_training_client(base_model=spec.base_model, rank=spec.rank,
                                                            seed=spec.seed))
         start = 0
     result = _train(spec, plan, rows, val, client, start, ctx)
@@ -177,7 +160,7 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 
 
 def _save(client: Any, ctx: JobContext, plan: Plan, step: int, reason: str) -> str:
-    path = _call(client.save_state(f"step-{step:06d}")).path
+    path = result_of(client.save_state(f"step-{step:06d}")).path
     _record_checkpoint(ctx, plan, step, path, reason)
     return path
 
@@ -205,7 +188,7 @@ def _validation_futures(client: Any, batches: list[Batch]) -> list[Any]:
 
 
 def _validation_loss(futures: list[Any], batches: list[Batch]) -> float:
-    loss = sum(float(_call(f).metrics["loss:sum"]) for f in futures)
+    loss = sum(float(result_of(f).metrics["loss:sum"]) for f in futures)
     weights = sum(b.trained for b in batches)
     return loss / weights if weights else math.nan
 
@@ -231,8 +214,8 @@ def _train(spec: TrainingSpec, plan: Plan, rows: list[Any], val: list[Batch], cl
     while current is not None:
         done = current.step + 1
         upcoming = _datums(spec, rows, batch_rows(spec, plan, done)) if done < plan.total_steps else None
-        out = _call(current.forward_backward)
-        _call(current.optim_step)
+        out = result_of(current.forward_backward)
+        result_of(current.optim_step)
         seconds = time.monotonic() - current.started
         loss = float(out.metrics["loss:sum"]) / current.batch.trained
         stopping = ctx.cancel_requested.is_set() or ctx.lease_lost.is_set()
@@ -254,7 +237,7 @@ def _train(spec: TrainingSpec, plan: Plan, rows: list[Any], val: list[Batch], cl
             training_service.record_metrics(session, ctx.job_id, done, metrics)
         last_event = time.monotonic() if milestone else last_event
         if save_future is not None:
-            _record_checkpoint(ctx, plan, done, _call(save_future).path, "cancelled" if stopping else "periodic")
+            _record_checkpoint(ctx, plan, done, result_of(save_future).path, "cancelled" if stopping else "periodic")
         if stopping:
             ctx.check()  # LeaseLost, or JobCancelled with a checkpoint at `done` already recorded
         current = following
@@ -262,7 +245,7 @@ def _train(spec: TrainingSpec, plan: Plan, rows: list[Any], val: list[Batch], cl
     steps_run = plan.total_steps - start
     seconds_per_step = (time.monotonic() - loop_started) / steps_run if steps_run else None
     final_state = _save(client, ctx, plan, plan.total_steps, "final")
-    sampler = _call(client.save_weights_for_sampler(f"final-{plan.total_steps:06d}")).path
+    sampler = result_of(client.save_weights_for_sampler(f"final-{plan.total_steps:06d}")).path
     val_loss = _validation_loss(_validation_futures(client, val), val) if val else None
     with ctx.fenced() as session:
         training_service.add_checkpoint(session, job_id=ctx.job_id, step=plan.total_steps, kind="sampler",
@@ -304,7 +287,7 @@ def _rest_client(service: Any) -> Any:
             future.set_result(service.create_rest_client())
     except Exception as exc:  # classified like any SDK failure
         future.set_exception(exc)
-    return _call(future)
+    return result_of(future)
 
 
 def _adapter_file_name(file: str) -> PurePosixPath:
@@ -333,8 +316,8 @@ def _download(http: httpx.Client, url: str, file: str, writer: artifacts_service
 
 def _export_adapter(service: Any, client: Any, ctx: JobContext, plan: Plan) -> dict[str, Any]:
     """Export the final LoRA weights in Hugging Face format and store every file as an `adapter` artifact."""
-    path = _call(client.save_weights_external(f"adapter-{plan.total_steps:06d}")).path
-    urls: dict[str, str] = _call(_rest_client(service).get_external_weights_urls(path)).urls
+    path = result_of(client.save_weights_external(f"adapter-{plan.total_steps:06d}")).path
+    urls: dict[str, str] = result_of(_rest_client(service).get_external_weights_urls(path)).urls
     names = {file: _adapter_file_name(file) for file in urls}
     logging.getLogger("httpx").addFilter(_redact_query)  # idempotent: a logger holds a filter once
     outputs: list[dict[str, Any]] = []

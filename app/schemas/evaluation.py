@@ -1,0 +1,33 @@
+"""The evaluation job spec: the base model against LoRA sampler checkpoints on held-out conversations."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from app.schemas.common import StrictModel
+
+
+class EvaluationSpec(StrictModel):
+    base_model: str = "Qwen/Qwen3-8B"
+    eval_artifact: str = Field(description="held-out ChatML conversations (a dataset artifact)")
+    checkpoints: list[str] = Field(default_factory=list, max_length=8,
+                                   description="sampler checkpoint ids, or tinker://…/sampler_weights/… paths")
+    training_job: str | None = Field(default=None, description="also evaluate this training job's final sampler "
+                                     "weights, resolved when the job runs (pair it with depends_on)")
+    include_base: bool = Field(default=True, description="score the base model too, as the baseline")
+    max_examples: int = Field(default=200, ge=1, le=10_000, description="the first N conversations are used")
+    samples: int = Field(default=4, ge=0, le=100, description="conversations to sample a reply for, per model")
+    max_tokens: int = Field(default=256, ge=1, le=8192, description="per sampled reply")
+    temperature: float = Field(default=0.0, ge=0, le=2, description="0 = greedy")
+    max_length: int = Field(default=8192, ge=16, le=131_072, description="longer conversations are skipped")
+    train_on: Literal["all_assistant", "last_assistant"] = Field(
+        default="all_assistant", description="which assistant turns the loss is measured on")
+    enable_thinking: bool = True
+
+    @model_validator(mode="after")
+    def _something_to_evaluate(self) -> EvaluationSpec:
+        if not self.include_base and not self.checkpoints and self.training_job is None:
+            raise ValueError("nothing to evaluate: give checkpoints or training_job, or set include_base")
+        return self

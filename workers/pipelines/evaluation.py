@@ -1,0 +1,136 @@
+"""Evaluation: the base model and LoRA sampler checkpoints, side by side on held-out conversations.
+
+For each model: the mean loss per scored token (the same assistant-token weights training uses, from Tinker's
+prompt logprobs), and a reply sampled for the first `samples` conversations. The replies, next to the
+reference, go to one JSONL artifact. A retried job starts over: scoring is read-only and cheap next to training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from tinker import types
+
+from app.chat import get_tokenizer, render, render_prompt
+from app.chat.render import Rendered
+from app.chat.tokenizer import IM_END
+from app.db import session_scope
+from app.models import Checkpoint, Job
+from app.schemas.evaluation import EvaluationSpec
+from app.services import artifacts as artifacts_service
+from app.services import training as training_service
+from workers.clients.tinker import make_service_client, result_of
+from workers.errors import JobFailed
+from workers.lease import JobContext
+from workers.pipelines.training import load_conversations
+
+IN_FLIGHT = 64  # scoring requests outstanding at once, per model
+
+
+def _models(spec: EvaluationSpec, ctx: JobContext) -> list[tuple[str, str | None]]:
+    """(label, sampler path) per model to evaluate; the base model has no path."""
+    models: list[tuple[str, str | None]] = [("base", None)] if spec.include_base else []
+    with session_scope() as session:
+        for ref in spec.checkpoints:
+            models.append((ref, training_service.resolve_checkpoint(session, team_id=ctx.team_id, ref=ref)))
+        if spec.training_job is not None:
+            uri = session.scalar(
+                select(Checkpoint.uri).join(Job, Job.id == Checkpoint.job_id)
+                .where(Job.id == spec.training_job, Job.team_id == ctx.team_id, Checkpoint.kind == "sampler")
+                .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1))
+            if uri is None:
+                raise JobFailed("no_sampler_checkpoint",
+                                f"Training job {spec.training_job} has no sampler weights yet (it saves them when it "
+                                "succeeds). Submit the evaluation with depends_on=[that job].")
+            models.append((spec.training_job, uri))
+    return models
+
+
+def _examples(spec: EvaluationSpec, rows: list[list[dict[str, Any]]]) -> tuple[list[int], list[Rendered]]:
+    """The conversations that fit and have scored tokens: their row numbers and renderings."""
+    kept: list[int] = []
+    rendered: list[Rendered] = []
+    for i, messages in enumerate(rows[: spec.max_examples]):
+        r = render(messages, train_on=spec.train_on, enable_thinking=spec.enable_thinking)
+        if len(r.tokens) <= spec.max_length and any(r.weights[1:]):
+            kept.append(i)
+            rendered.append(r)
+    if not rendered:
+        raise JobFailed("no_scorable_examples",
+                        f"None of the first {min(spec.max_examples, len(rows))} conversations has an assistant turn "
+                        f"that fits in max_length={spec.max_length} tokens.")
+    return kept, rendered
+
+
+def _score(client: Any, rendered: list[Rendered], ctx: JobContext, label: str, done: int, total: int) -> dict:
+    """Σ weight·(−logprob) over the scored tokens, IN_FLIGHT requests at a time."""
+    nll = weight = 0.0
+    for start in range(0, len(rendered), IN_FLIGHT):
+        chunk = rendered[start:start + IN_FLIGHT]
+        futures = [client.compute_logprobs(types.ModelInput.from_ints(r.tokens)) for r in chunk]
+        for r, future in zip(chunk, futures, strict=True):
+            logprobs = result_of(future)
+            for lp, w in zip(logprobs[1:], r.weights[1:], strict=True):
+                if w:
+                    nll -= w * float(lp)
+                    weight += w
+        ctx.progress(done + start + len(chunk), total, "conversations scored", extra={"model": label})
+    mean = nll / weight
+    return {"mean_loss": round(mean, 6), "perplexity": round(math.exp(min(mean, 50.0)), 4),
+            "scored_tokens": int(weight)}
+
+
+def _split_last_reply(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The conversation before its last assistant turn (the prompt to sample from), and that turn's text."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], str(messages[last]["content"])
+
+
+def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    spec = EvaluationSpec.model_validate(spec_dict)
+    models = _models(spec, ctx)
+    rows = load_conversations(ctx, spec.eval_artifact)
+    kept, rendered = _examples(spec, rows)
+    sampled = [(i, *_split_last_reply(rows[i])) for i in kept[: spec.samples]]
+    prompts = [render_prompt(context, enable_thinking=spec.enable_thinking) for _, context, _ in sampled]
+    params = types.SamplingParams(max_tokens=spec.max_tokens, temperature=spec.temperature, stop=[IM_END])
+    tokenizer = get_tokenizer()
+
+    service = make_service_client(ctx.settings)
+    total = len(rendered) * len(models)
+    scores: list[dict[str, Any]] = []
+    replies: dict[str, list[str]] = {}
+    for n, (label, path) in enumerate(models):
+        ctx.check()
+        client = result_of(service.create_sampling_client(model_path=path) if path
+                           else service.create_sampling_client(base_model=spec.base_model))
+        sample_futures = [client.sample(types.ModelInput.from_ints(prompt), 1, params) for prompt in prompts]
+        score = _score(client, rendered, ctx, label, n * len(rendered), total)
+        replies[label] = [tokenizer.decode([t for t in result_of(f).sequences[0].tokens if t != IM_END])
+                          for f in sample_futures]
+        scores.append({"label": label, "model_path": path, **score})
+        ctx.event("model_scored", {"label": label, **score})
+
+    base = next((s for s in scores if s["model_path"] is None), None)
+    if base is not None:
+        for s in scores:
+            s["loss_vs_base"] = round(s["mean_loss"] - base["mean_loss"], 6)
+    writer = artifacts_service.AtomicWriter(f"{ctx.team_id}/{ctx.job_id}/samples.jsonl")
+    try:
+        for k, (row, context, reference) in enumerate(sampled):
+            writer.write(orjson.dumps({"row": row, "messages": context, "reference": reference,
+                                       "replies": {label: replies[label][k] for label in replies}},
+                                      option=orjson.OPT_APPEND_NEWLINE))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    [samples_artifact] = ctx.publish_artifacts([{"kind": "evaluation", "name": "samples.jsonl", "writer": writer,
+                                                 "fmt": "jsonl", "rows": len(sampled), "meta": {}}])
+    best = min(scores, key=lambda s: s["mean_loss"])
+    considered = min(spec.max_examples, len(rows))
+    return {"base_model": spec.base_model, "examples": len(rendered), "skipped": considered - len(rendered),
+            "models": scores, "best": best["label"], "samples_artifact": samples_artifact}
