@@ -8,8 +8,11 @@ reference, go to one JSONL artifact. A retried job starts over: scoring is read-
 from __future__ import annotations
 
 import math
+import time
+from collections import deque
 from typing import Any
 
+import numpy as np
 import orjson
 from sqlalchemy import select
 from tinker import types
@@ -28,6 +31,7 @@ from workers.lease import JobContext
 from workers.pipelines.training import load_conversations
 
 IN_FLIGHT = 64  # scoring requests outstanding at once, per model
+PROGRESS_SECONDS = 1.0
 
 
 def _models(spec: EvaluationSpec, ctx: JobContext) -> list[tuple[str, str | None]]:
@@ -66,18 +70,24 @@ def _examples(spec: EvaluationSpec, rows: list[list[dict[str, Any]]]) -> tuple[l
 
 
 def _score(client: Any, rendered: list[Rendered], ctx: JobContext, label: str, done: int, total: int) -> dict:
-    """Σ weight·(−logprob) over the scored tokens, IN_FLIGHT requests at a time."""
+    """Σ weight·(−logprob) over the scored tokens, with IN_FLIGHT requests outstanding all along."""
     nll = weight = 0.0
-    for start in range(0, len(rendered), IN_FLIGHT):
-        chunk = rendered[start:start + IN_FLIGHT]
-        futures = [client.compute_logprobs(types.ModelInput.from_ints(r.tokens)) for r in chunk]
-        for r, future in zip(chunk, futures, strict=True):
-            logprobs = result_of(future)
-            for lp, w in zip(logprobs[1:], r.weights[1:], strict=True):
-                if w:
-                    nll -= w * float(lp)
-                    weight += w
-        ctx.progress(done + start + len(chunk), total, "conversations scored", extra={"model": label})
+    window: deque[tuple[Rendered, Any]] = deque()
+    todo = iter(rendered)
+    scored, next_report = 0, time.monotonic() + PROGRESS_SECONDS
+    while True:
+        while len(window) < IN_FLIGHT and (r := next(todo, None)) is not None:
+            window.append((r, client.compute_logprobs(types.ModelInput.from_ints(r.tokens))))
+        if not window:
+            break
+        oldest, future = window.popleft()
+        weights = np.asarray(oldest.weights[1:], dtype=np.float64)  # position 0 has no logprob
+        nll -= float(weights @ np.asarray(result_of(future)[1:], dtype=np.float64))
+        weight += float(weights.sum())
+        scored += 1
+        if time.monotonic() >= next_report or scored == len(rendered):  # a SQL write stalls the window
+            ctx.progress(done + scored, total, "conversations scored", extra={"model": label})
+            next_report = time.monotonic() + PROGRESS_SECONDS
     mean = nll / weight
     return {"mean_loss": round(mean, 6), "perplexity": round(math.exp(min(mean, 50.0)), 4),
             "scored_tokens": int(weight)}
