@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import artifacts, health, jobs
+from app.api import artifacts, health, jobs, metrics
 from app.api.responses import problem
 from app.db import get_engine, session_scope
 from app.errors import PayloadTooLarge, TuneqError
@@ -165,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.job_reader = JobReader(settings.resolved_database_url)
     _install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -1,0 +1,53 @@
+"""GET /metrics for Prometheus: the work waiting and running, read from SQL at scrape time.
+
+The job rows are the truth for every API and worker process alike, so any API process answers for the whole
+service (no per-process counters to merge). Unauthenticated like the health routes: aggregate counts only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from starlette.responses import Response
+
+from app.db import in_sql_thread, session_scope
+from app.models import Job, utcnow
+
+router = APIRouter(tags=["health"])
+
+OPEN_STATUSES = ("pending", "queued", "running")
+
+
+class JobsCollector(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("tuneq_jobs", "Jobs not finished yet, by kind and status.",
+                                 labels=["kind", "status"])
+        oldest = GaugeMetricFamily("tuneq_oldest_queued_job_seconds",
+                                   "Age of the oldest queued job, by kind: growing means no worker takes them.",
+                                   labels=["kind"])
+        now = utcnow()
+        with session_scope() as session:
+            counts = session.execute(select(Job.kind, Job.status, func.count()).where(Job.status.in_(OPEN_STATUSES))
+                                     .group_by(Job.kind, Job.status)).all()
+            ages = session.execute(select(Job.kind, func.min(Job.created_at)).where(Job.status == "queued")
+                                   .group_by(Job.kind)).all()
+        for kind, status, count in counts:
+            jobs.add_metric([kind, status], count)
+        for kind, created in ages:
+            oldest.add_metric([kind], max(0.0, (now - created).total_seconds()))
+        yield jobs
+        yield oldest
+
+
+_registry = CollectorRegistry(auto_describe=False)
+_registry.register(JobsCollector())
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(await in_sql_thread(generate_latest, _registry), media_type=CONTENT_TYPE_LATEST)
