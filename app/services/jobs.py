@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, insert, literal, select, update
+from sqlalchemy import Connection, bindparam, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -242,18 +242,20 @@ def submit(
         "request_hash": body_hash, "updated_at": now, "enqueued_at": now if ready else None,
         "has_dependents": False, "lease_owner": None, "heartbeat_at": None,
     }
+    def insert(conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":  # the job and its first event in one statement
+            conn.execute(_INSERT_JOB_AND_EVENT, {**values, "e_data": {}})
+        else:
+            conn.execute(_INSERT_JOB, values)
+            conn.execute(_INSERT_EVENT, {"job_id": job_id, "seq": 1, "type": status, "attempt": 0, "data": {},
+                                         "created_at": now})
+
     try:
         if session.get_bind().dialect.name == "postgresql" and not body.depends_on:
-            # The job and its first event in one statement, so it can skip BEGIN/COMMIT and the pre-ping.
-            run_statement(lambda db: db.execute(_INSERT_JOB_AND_EVENT, {**values, "e_data": {}}), idempotent=False)
+            run_statement(insert, idempotent=False)  # one statement: it can skip BEGIN/COMMIT and the pre-ping
         else:
             conn = session.connection()
-            if conn.dialect.name == "postgresql":
-                conn.execute(_INSERT_JOB_AND_EVENT, {**values, "e_data": {}})
-            else:
-                conn.execute(_INSERT_JOB, values)
-                conn.execute(_INSERT_EVENT, {"job_id": job_id, "seq": 1, "type": status, "attempt": 0, "data": {},
-                                             "created_at": now})
+            insert(conn)
             if body.depends_on:
                 conn.execute(update(Job).where(Job.id.in_(body.depends_on)).values(has_dependents=True))
             session.commit()

@@ -19,10 +19,13 @@ def _owned(session: Session, team_id: str, job_id: str) -> None:
         raise NotFound(f"No job {job_id} in your team.")
 
 
-def latest_state(session: Session, job_id: str) -> Any:
-    """The newest resumable checkpoint of a job, or None."""
-    return session.execute(select(*CHECKPOINT_COLUMNS).where(Checkpoint.job_id == job_id, Checkpoint.kind == "state")
-                           .order_by(Checkpoint.next_step.desc(), Checkpoint.created_at.desc()).limit(1)).first()
+def latest_checkpoint(session: Session, job_id: str, kind: str = "state", *, team_id: str | None = None) -> Any:
+    """The newest checkpoint of a job of this kind ("state": resumable; "sampler": sampleable), or None;
+    with `team_id`, only if the job is that team's."""
+    query = select(*CHECKPOINT_COLUMNS).where(Checkpoint.job_id == job_id, Checkpoint.kind == kind)
+    if team_id is not None:
+        query = query.join(Job, Job.id == Checkpoint.job_id).where(Job.team_id == team_id)
+    return session.execute(query.order_by(Checkpoint.next_step.desc(), Checkpoint.created_at.desc()).limit(1)).first()
 
 
 def add_checkpoint(session: Session, *, job_id: str, step: int, kind: str, uri: str, next_step: int,

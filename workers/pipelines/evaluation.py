@@ -14,14 +14,12 @@ from typing import Any
 
 import numpy as np
 import orjson
-from sqlalchemy import select
 from tinker import types
 
 from app.chat import get_tokenizer, render, render_prompt
 from app.chat.render import Rendered
 from app.chat.tokenizer import IM_END
 from app.db import session_scope
-from app.models import Checkpoint, Job
 from app.schemas.evaluation import EvaluationSpec
 from app.services import artifacts as artifacts_service
 from app.services import training as training_service
@@ -41,15 +39,13 @@ def _models(spec: EvaluationSpec, ctx: JobContext) -> list[tuple[str, str | None
         for ref in spec.checkpoints:
             models.append((ref, training_service.resolve_checkpoint(session, team_id=ctx.team_id, ref=ref)))
         if spec.training_job is not None:
-            uri = session.scalar(
-                select(Checkpoint.uri).join(Job, Job.id == Checkpoint.job_id)
-                .where(Job.id == spec.training_job, Job.team_id == ctx.team_id, Checkpoint.kind == "sampler")
-                .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1))
-            if uri is None:
+            final = training_service.latest_checkpoint(session, spec.training_job, kind="sampler",
+                                                       team_id=ctx.team_id)
+            if final is None:
                 raise JobFailed("no_sampler_checkpoint",
                                 f"Training job {spec.training_job} has no sampler weights yet (it saves them when it "
                                 "succeeds). Submit the evaluation with depends_on=[that job].")
-            models.append((spec.training_job, uri))
+            models.append((spec.training_job, final.uri))
     return models
 
 

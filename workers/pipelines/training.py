@@ -138,7 +138,7 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 
     service = make_service_client(ctx.settings)
     with session_scope() as session:
-        resume = training_service.latest_state(session, ctx.job_id)
+        resume = training_service.latest_checkpoint(session, ctx.job_id)
         start_from = (training_service.resolve_checkpoint(session, team_id=ctx.team_id, ref=spec.from_checkpoint)
                       if spec.from_checkpoint else None)
     if resume is not None:
