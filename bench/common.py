@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
@@ -31,6 +33,37 @@ def drive_job(kind: str, spec: dict, *, team: str = "bench") -> tuple[str, dict]
         done = session.get(Job, job_id)
         assert done is not None and done.status == "succeeded", done.error if done else None
         return job_id, done.result or {}
+
+
+def fake_tinker_env(tmp: str, latency: dict[str, float]) -> None:
+    """Point this process at a migrated SQLite database under `tmp` and the in-process fake Tinker service
+    answering with `latency` (seconds per op), for benches that drive a job in-process."""
+    os.environ.update({"TUNEQ_VAR_DIR": tmp, "TUNEQ_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+                       "TUNEQ_BROKER_URL": "redis://127.0.0.1:1/0", "TUNEQ_LOG_LEVEL": "WARNING",
+                       "TUNEQ_TINKER_FAKE": "tests.fakes.tinker_fake:make_fake_service_client",
+                       "TUNEQ_TINKER_FAKE_CONFIG": json.dumps({"state_dir": f"{tmp}/tinker", "latency": latency})})
+    from app.migrate import upgrade
+
+    upgrade(os.environ["TUNEQ_DATABASE_URL"])
+
+
+def chatml_artifact(tmp: str, name: str, rows: list[dict]) -> str:
+    """Write `rows` as a ChatML JSONL artifact of team "bench" under `tmp`; its id."""
+    import orjson
+
+    from app.db import session_scope
+    from app.models import Artifact
+    from app.services import auth
+
+    data = Path(tmp) / "artifacts" / name
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    with session_scope() as session:
+        team = auth.get_or_create_team(session, "bench")
+        art = Artifact(team_id=team.id, kind="dataset", name=name, uri=name, format="chatml_jsonl", rows=len(rows))
+        session.add(art)
+        session.flush()
+        return art.id
 
 
 def fresh_postgres() -> str:

@@ -14,12 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import drive_job  # noqa: E402
+from bench.common import chatml_artifact, drive_job, fake_tinker_env  # noqa: E402
 from bench.training import conversation  # noqa: E402
 
 LATENCY_S = float(os.environ.get("SAMPLE_S", 0.020))
@@ -30,32 +28,14 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=512)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ.update({"TUNEQ_VAR_DIR": tmp, "TUNEQ_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
-                           "TUNEQ_BROKER_URL": "redis://127.0.0.1:1/0", "TUNEQ_LOG_LEVEL": "WARNING",
-                           "TUNEQ_TINKER_FAKE": "tests.fakes.tinker_fake:make_fake_service_client",
-                           "TUNEQ_TINKER_FAKE_CONFIG": json.dumps({"state_dir": f"{tmp}/tinker",
-                                                                   "latency": {"sample": LATENCY_S}})})
+        fake_tinker_env(tmp, {"sample": LATENCY_S})
         from app.chat import render
-        from app.db import session_scope
-        from app.migrate import upgrade
-        from app.models import Artifact
-        from app.services import auth
 
-        upgrade(os.environ["TUNEQ_DATABASE_URL"])
         rng = random.Random(0)
         rows = [conversation(rng) for _ in range(args.conversations)]
-        data = Path(tmp) / "artifacts" / "eval.jsonl"
-        data.parent.mkdir(parents=True)
-        data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        artifact_id = chatml_artifact(tmp, "eval.jsonl", rows)
         prompts = [render(r["messages"]).tokens for r in rows]
 
-        with session_scope() as session:
-            team = auth.get_or_create_team(session, "bench")
-            art = Artifact(team_id=team.id, kind="dataset", name="eval.jsonl", uri="eval.jsonl",
-                           format="chatml_jsonl", rows=len(rows))
-            session.add(art)
-            session.flush()
-            artifact_id = art.id
         # Alternating rounds, best of three each: this machine's speed drifts from one minute to the next.
         floor = job_s = float("inf")
         for _ in range(3):

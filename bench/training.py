@@ -14,12 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import drive_job  # noqa: E402
+from bench.common import chatml_artifact, drive_job, fake_tinker_env  # noqa: E402
 
 FB_S, OPT_S, BATCH = float(os.environ.get("FB_S", 0.150)), float(os.environ.get("OPT_S", 0.030)), 128
 WORDS = ("the mentor asks which step comes next so that the student can find the answer on their own while "
@@ -39,26 +37,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ.update({"TUNEQ_VAR_DIR": tmp, "TUNEQ_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
-                           "TUNEQ_BROKER_URL": "redis://127.0.0.1:1/0", "TUNEQ_LOG_LEVEL": "WARNING",
-                           "TUNEQ_TINKER_FAKE": "tests.fakes.tinker_fake:make_fake_service_client",
-                           "TUNEQ_TINKER_FAKE_CONFIG": json.dumps({
-                               "state_dir": f"{tmp}/tinker",
-                               "latency": {"forward_backward": FB_S, "optim_step": OPT_S}})})
+        fake_tinker_env(tmp, {"forward_backward": FB_S, "optim_step": OPT_S})
         from app.chat import count_batch
-        from app.db import session_scope
-        from app.migrate import upgrade
-        from app.models import Artifact
         from app.schemas.training import TrainingSpec
-        from app.services import auth
         from workers.pipelines.training import _datums
 
-        upgrade(os.environ["TUNEQ_DATABASE_URL"])
         rng = random.Random(0)
         rows = [conversation(rng) for _ in range(BATCH * args.steps)]
-        data = Path(tmp) / "artifacts" / "train.jsonl"
-        data.parent.mkdir(parents=True)
-        data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        artifact_id = chatml_artifact(tmp, "train.jsonl", rows)
         tokens = [n for n, _ in count_batch([r["messages"] for r in rows])]
 
         # Client-side work per batch, measured alone: render 128 conversations and build their Datums.
@@ -72,13 +58,6 @@ def main() -> None:
 
         floor = tight_loop_floor(_datums(spec, messages, range(BATCH)).datums, args.steps)
 
-        with session_scope() as session:
-            team = auth.get_or_create_team(session, "bench")
-            art = Artifact(team_id=team.id, kind="dataset", name="train.jsonl", uri="train.jsonl",
-                           format="chatml_jsonl", rows=len(rows))
-            session.add(art)
-            session.flush()
-            artifact_id = art.id
         _, result = drive_job("training", {"train_artifact": artifact_id, "batch_size": BATCH,
                                            "max_steps": args.steps, "save_every": 1000, "max_length": 4096})
 
