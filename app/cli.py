@@ -7,6 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import typer
 
@@ -43,15 +46,20 @@ def api(workers: int = typer.Option(1, help="uvicorn worker processes")) -> None
 def worker(
     queues: str = typer.Option(",".join(QUEUES), help="comma-separated queues (job kinds) to serve"),
     concurrency: int = typer.Option(0, help="processes; 0 = TUNEQ_WORKER_CONCURRENCY"),
+    name: str = typer.Option("", help="Celery node name; default tuneq-<random>@<host>, unique per worker"),
 ) -> None:
     """Run a Celery worker for the given job kinds."""
     settings = get_settings()
-    os.execvp(sys.executable, [sys.executable, *worker_argv(queues, concurrency or settings.worker_concurrency)])
+    argv = worker_argv(queues, concurrency or settings.worker_concurrency, name=name or None)
+    os.execvp(sys.executable, [sys.executable, *argv])
 
 
-def worker_argv(queues: str, concurrency: int) -> list[str]:
+def worker_argv(queues: str, concurrency: int, *, name: str | None = None) -> list[str]:
+    """The `celery worker` command line. Each worker gets its own node name: Celery's remote control and
+    monitoring (Flower) tell workers apart by it, and two live workers with one name collide."""
+    node = name or f"tuneq-{uuid.uuid4().hex[:8]}@%h"
     return ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues, "-c", str(concurrency),
-            "--loglevel", get_settings().log_level, "--without-gossip", "--without-mingle", "-n", "tuneq@%h"]
+            "--loglevel", get_settings().log_level, "--without-gossip", "--without-mingle", "-n", node]
 
 
 @keys.command("create")
@@ -92,23 +100,97 @@ def _first_key() -> str | None:
         return auth.create_key(session, team_id=team.id, name="first key")[1]
 
 
+def shutdown_grace_seconds() -> float:
+    """How long a stopping worker gives its running jobs to checkpoint and hand back (workers/celery_app.py)."""
+    return get_settings().shutdown_grace_seconds
+
+
+@dataclass
+class Supervised:
+    """A child process `tuneq run` keeps running, restarting it with a growing pause when it exits on its own,
+    as compose (`restart: unless-stopped`) or systemd (`Restart=on-failure`) would."""
+
+    name: str
+    start: Callable[[], subprocess.Popen[bytes] | None]
+    stop_timeout: float = 15.0
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0  # exits in a row that came soon after a start
+    restart_at: float | None = None
+
+    def launch(self) -> None:
+        self.started_at, self.restart_at = time.monotonic(), None
+        try:
+            self.proc = self.start()
+        except Exception as exc:  # e.g. Redis did not come up: try again after a pause
+            typer.echo(f"tuneq run: the {self.name} did not start ({exc})", err=True)
+            self.proc = None
+            self._schedule_restart(self.started_at)
+
+    def check(self) -> None:
+        """Restart the process when it has exited and its pause is over."""
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                typer.echo(f"tuneq run: starting the {self.name} again")
+                self.launch()
+            return
+        code = self.proc.poll() if self.proc is not None else None
+        if code is None:
+            return
+        typer.echo(f"tuneq run: the {self.name} exited (code {code})", err=True)
+        self._schedule_restart(now)
+
+    def _schedule_restart(self, now: float) -> None:
+        self.failures = self.failures + 1 if now - self.started_at < 60 else 1
+        pause = min(30.0, 0.5 * 2 ** (self.failures - 1))  # 0.5 s, 1 s, 2 s … 30 s while it keeps failing
+        typer.echo(f"tuneq run: restarting the {self.name} in {pause:g} s", err=True)
+        self.restart_at = now + pause
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            typer.echo(f"tuneq run: the {self.name} did not stop within {self.stop_timeout:g} s; killing it",
+                       err=True)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    # Its own session: a Ctrl-C in the terminal reaches `tuneq run` only, which stops the children in order
+    # (a worker's SIGINT would start a second, different shutdown).
+    return subprocess.Popen([sys.executable, *args], start_new_session=True)
+
+
 @cli.command()
 def run() -> None:
-    """The embedded stack: Redis (if no broker is configured), migrations, API and one worker."""
+    """The embedded stack: Redis (if no broker is configured), migrations, API and one worker, restarted when
+    they exit unexpectedly. Ctrl-C or SIGTERM stops everything."""
     from app.embedded import start_redis
 
     settings = get_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
+    services: list[Supervised] = []
     if not settings.broker_url:
-        redis = start_redis(settings.embedded_redis_socket, settings.var_dir / "redis")
-        if redis:
-            procs.append(redis)
+        redis = Supervised("embedded Redis", lambda: start_redis(settings.embedded_redis_socket,
+                                                                  settings.var_dir / "redis"))
+        redis.launch()
+        services.append(redis)
     migrate()
     key = _first_key()
     base = f"http://{settings.host}:{settings.port}"
-    procs.append(subprocess.Popen([sys.executable, "-m", "app.cli", "api"]))
-    procs.append(subprocess.Popen([sys.executable, *worker_argv(",".join(QUEUES), settings.worker_concurrency)]))
+    services.append(Supervised("API", lambda: _spawn(["-m", "app.cli", "api"])))
+    services.append(Supervised("worker", lambda: _spawn(["-m", "app.cli", "worker"]),
+                               stop_timeout=shutdown_grace_seconds() + 15))
+    for service in services[-2:]:
+        service.launch()
     if key:
         typer.echo(f"\nYour API key (shown once; keep it):\n  {key}\n\nTry:\n"
                    f"  curl -s {base}/v1/jobs -H 'Authorization: Bearer {key}'\n")
@@ -122,16 +204,14 @@ def run() -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    while not stop and all(p.poll() is None for p in procs):
+    while not stop:
+        for service in services:
+            service.check()
         time.sleep(0.2)
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    typer.echo("tuneq run: stopping")
+    for service in reversed(services):  # the worker first (it hands its jobs back), Redis last
+        service.terminate()
+        service.wait()
     typer.echo("stopped")
 
 

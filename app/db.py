@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import random
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -11,11 +14,13 @@ from typing import Any, ParamSpec, TypeVar
 
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import get_settings
 
+log = logging.getLogger("tuneq.db")
 _engine: Engine | None = None
 _statement_engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
@@ -47,7 +52,16 @@ def make_engine(url: str, **options: Any) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, **{"pool_size": 10, "max_overflow": 20, "pool_pre_ping": True, **json, **options})
+    settings = get_settings()
+    # Every wait on the database is bounded: connect, each statement, and a peer that vanished without a
+    # FIN (TCP keepalives), so a worker never hangs on a dead connection.
+    connect_args = {
+        "connect_timeout": max(1, round(settings.sql_connect_timeout_seconds)),
+        "options": f"-c statement_timeout={round(settings.sql_statement_timeout_seconds * 1000)}",
+        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+    }
+    return create_engine(url, **{"pool_size": 10, "max_overflow": 20, "pool_pre_ping": True,
+                                 "connect_args": connect_args, **json, **options})
 
 
 def get_engine() -> Engine:
@@ -66,6 +80,35 @@ def reset_engine() -> None:
             engine.dispose(close=False)
     _engine = _statement_engine = None
     _sessionmaker = None
+
+
+class DatabaseUnavailable(Exception):
+    """The database stayed unreachable for the whole retry budget."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error of the database's availability (connection lost, server restarting, busy), not of the query."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)
+
+
+def retry_transient(work: Callable[[], T], *, seconds: float, what: str) -> T:
+    """Run `work` (one whole transaction), again after transient database errors with capped, jittered
+    backoff, for at most `seconds`; then raise DatabaseUnavailable. Other errors propagate at once."""
+    deadline = time.monotonic() + seconds
+    delay = 0.1
+    while True:
+        try:
+            return work()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(what) from exc
+            log.warning("%s: database unavailable (%s); retrying in %.1f s", what, type(exc).__name__, delay)
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 5.0)
 
 
 @contextmanager

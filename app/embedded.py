@@ -41,6 +41,7 @@ def start_redis(socket_path: Path, data_dir: Path) -> subprocess.Popen[bytes] | 
          "--dir", str(data_dir), "--save", "", "--appendonly", "yes", "--maxmemory-policy", "noeviction",
          "--logfile", str(data_dir / "redis.log")],
         stdout=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C meant for `tuneq run` must not stop the broker before the worker
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

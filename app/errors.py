@@ -9,6 +9,7 @@ class TuneqError(Exception):
     status: int = 400
     code: str = "bad_request"
     title: str = "Bad request"
+    retry_after: int | None = None  # seconds, sent as a Retry-After header
 
     def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)
@@ -42,3 +43,15 @@ class InvalidRequest(TuneqError):
 
 class ServiceUnavailable(TuneqError):
     status, code, title = 503, "unavailable", "Service unavailable"
+
+
+class DatabaseUnreachable(ServiceUnavailable):
+    """The database is down, restarting or busy: a client should retry, not report a bug."""
+
+    code = "database_unavailable"
+    retry_after = 2
+    default_detail = ("The database did not answer (down, restarting or busy). Retry shortly; with an "
+                      "Idempotency-Key a retried POST /v1/jobs cannot create a second job.")
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.default_detail)

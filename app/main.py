@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import artifacts, health, jobs, metrics
 from app.api.responses import problem
-from app.db import get_engine, session_scope
-from app.errors import PayloadTooLarge, TuneqError
-from app.services import jobs as jobs_service
+from app.db import DatabaseUnavailable, get_engine, is_transient
+from app.errors import DatabaseUnreachable, PayloadTooLarge, TuneqError
 from app.services.auth import KeyCache
 from app.services.job_reads import JobReader
+from app.services.reaper import ReaperThread
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("tuneq.api")
@@ -92,11 +93,23 @@ def _validation_problem(exc: RequestValidationError) -> Response:
     return problem(422, "Invalid request", detail, code="invalid_request", errors=errors)
 
 
+def _bug_problem(request: Request, exc: Exception) -> Response:
+    ref = uuid.uuid4().hex[:12]
+    log.error("unhandled error on %s %s [ref %s]", request.method, request.url.path, ref, exc_info=exc)
+    return problem(500, "Internal error", f"Something went wrong on our side; the error was logged under "
+                   f"reference {ref}.", code="internal_error")
+
+
 def _install_error_handlers(app: FastAPI) -> None:
+    def _render(exc: TuneqError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        return problem(exc.status, exc.title, exc.detail, code=exc.code, errors=exc.errors, headers=headers or None)
+
     @app.exception_handler(TuneqError)
     async def _domain(_: Request, exc: TuneqError) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return problem(exc.status, exc.title, exc.detail, code=exc.code, errors=exc.errors, headers=headers)
+        return _render(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
@@ -108,37 +121,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else title
         return problem(exc.status_code, title, detail, code=title.lower().replace(" ", "_"))
 
-    @app.exception_handler(OperationalError)
+    # Database errors are answered here, not by the catch-all below: that one re-raises to the server, which
+    # then drops the client's keep-alive connection. A lost connection, a server restarting or a timeout is a
+    # 503 the client retries; any other database error is a bug (500), logged under a reference.
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(DatabaseUnavailable)
     @app.exception_handler(ConnectionError)
-    async def _unreachable(request: Request, exc: Exception) -> Response:
+    async def _database(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, DBAPIError) and not is_transient(exc):
+            return _bug_problem(request, exc)
         log.warning("database unreachable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        return problem(503, "Service unavailable", "The database did not answer (down, restarting or busy). Retry "
-                       "shortly; with an Idempotency-Key a retried POST /v1/jobs cannot create a second job.",
-                       code="database_unavailable",
-                       headers={"Retry-After": "2"})
+        return _render(DatabaseUnreachable())
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(500, "Internal error", "Something went wrong on our side; the error was logged.",
-                       code="internal_error")
-
-
-class Reaper(threading.Thread):
-    """Recovers lost work every few seconds (DESIGN.md §2). Safe to run in several API processes."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(name="tuneq-reaper", daemon=True)
-        self.settings = settings
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(self.settings.reaper_interval_seconds):
-            try:
-                with session_scope() as session:
-                    jobs_service.run_reaper(session, self.settings)
-            except Exception:
-                log.exception("reaper pass failed; trying again next interval")
+        return _bug_problem(request, exc)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -148,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         get_engine()
         await app.state.job_reader.start()
-        reaper = Reaper(settings)
+        reaper = ReaperThread(settings)
         if settings.run_reaper:
             reaper.start()
         # Everything loaded so far lives as long as the process: keep it out of the collector's full passes,

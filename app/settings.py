@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,14 +31,35 @@ class Settings(BaseSettings):
     local_datasets_dir: Path | None = None  # dataset jobs may read Hub-shaped directories under it
     log_level: str = "INFO"
 
-    # Delivery and leases (DESIGN.md §2)
+    # Delivery, leases and preemption (docs/architecture.md, "Lifecycle")
     heartbeat_seconds: float = 5.0
     lease_seconds: float = 30.0  # a running job whose heartbeat is older than this is taken over
-    requeue_after_seconds: float = 60.0  # a queued job nobody claimed within this is enqueued again
+    # A queued job's wake-up is sent again when it waited this long while its broker queue was empty.
+    requeue_after_seconds: float = 15.0
     reaper_interval_seconds: float = 5.0
-    max_attempts: int = 3
-    run_reaper: bool = True  # the API runs the reaper loop; safe in several processes at once
+    max_attempts: int = 3  # the job's own failures
+    max_preemptions: int = 25  # the infrastructure's interruptions (lost worker, shutdown, stall)
+    retry_base_seconds: float = 10.0  # a retried job waits base × 2^(attempt-1) (± jitter), at most:
+    retry_max_seconds: float = 600.0
+    run_reaper: bool = True  # run the reaper in this process (API and worker); one runs at a time
     worker_concurrency: int = 2
+    # A running job that reports no progress for this long is preempted as stalled (a job may set
+    # `stall_seconds`). Long enough for the slowest honest step of each kind.
+    stall_seconds_dataset: float = 900.0
+    stall_seconds_generation: float = 600.0
+    stall_seconds_training: float = 1800.0
+    stall_seconds_evaluation: float = 900.0
+    stall_seconds_test: float = 60.0
+    # On SIGTERM a worker gives its running jobs this long to checkpoint and hand back, then cancels what still
+    # runs and returns those messages to the broker (compose's stop_grace_period must exceed it).
+    shutdown_grace_seconds: float = 30.0
+    # Extra Celery settings for API and workers alike, applied over ours (dicts merged one level), e.g.
+    # {"broker_transport_options": {"global_keyprefix": "tuneq:"}, "task_routes": {...}}.
+    celery_options: dict[str, Any] = {}
+    # How long a worker retries a write while the database is away before leaving the job to its lease.
+    db_retry_seconds: float = 60.0
+    sql_connect_timeout_seconds: float = 5.0
+    sql_statement_timeout_seconds: float = 60.0
 
     # External services
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
@@ -58,6 +80,9 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY")
     )
     hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN"))
+
+    def stall_limit(self, kind: str) -> float:
+        return float(getattr(self, f"stall_seconds_{kind}", self.stall_seconds_training))
 
     @property
     def resolved_database_url(self) -> str:

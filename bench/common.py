@@ -176,3 +176,42 @@ def post_many(host: str, port: int, path: str, body: bytes, *, headers: dict[str
 
     asyncio.run(run())
     return statuses
+
+
+def postgres_database(name: str, server_url: str = PG_ADMIN_URL) -> str:
+    """Create database `name` on `server_url`'s server if it is missing and empty its schema; its URL. Only
+    `name`'s own backends are terminated first (left over from an interrupted run), never another database's."""
+    from sqlalchemy.engine import make_url
+
+    admin_url = make_url(server_url).set(drivername="postgresql+psycopg", database="postgres")
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
+    engine.dispose()
+    url = admin_url.set(database=name)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def terminate_backends(db_url: str) -> int:
+    """Terminate every PostgreSQL backend connected to `db_url`'s database (as a failover or an admin's
+    `pg_terminate_backend` would), from a connection to the server's `postgres` database; how many."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    admin = url.set(drivername="postgresql+psycopg", database="postgres")
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                     "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": url.database}).all()
+    finally:
+        engine.dispose()
+    return sum(1 for (ok,) in rows if ok)

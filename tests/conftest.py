@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,34 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
     """An API client with a fresh team and key, so tests never see each other's jobs."""
     with make_client(stack.base_url) as c:
         yield c
+
+
+@pytest.fixture
+def reaper_paused(backend: dict[str, str]) -> Iterator[None]:
+    """Hold the reaper lock for the test, so the reapers of a running stack (API and workers) leave the rows
+    a test arranges by hand alone; the test runs its own passes with `transitions.reap`."""
+    from sqlalchemy import update
+
+    from app.db import get_engine
+    from app.models import Lock, db_now
+    from app.services.reaper import REAPER_LOCK_KEY
+
+    engine = get_engine()
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": REAPER_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": REAPER_LOCK_KEY})
+                conn.commit()
+        return
+    with engine.begin() as conn:  # taken over: the holder's next renewal fails, so it skips its passes
+        conn.execute(update(Lock).where(Lock.name == "reaper").values(holder="tests", expires_at=db_now(3600)))
+    time.sleep(0.6)  # a pass that was already running when we took the lock ends (passes take milliseconds)
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(update(Lock).where(Lock.name == "reaper").values(holder=None, expires_at=None))

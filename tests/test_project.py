@@ -40,7 +40,7 @@ def test_compose_commands_are_real_cli_commands() -> None:
 
 
 def test_app_never_imports_workers() -> None:
-    """Imports run one way, workers → app (DESIGN.md §5): the API sends tasks by name."""
+    """Imports run one way, workers → app (docs/architecture.md, "Parts"): the API sends tasks by name."""
     import ast
 
     offenders = []

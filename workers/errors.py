@@ -24,3 +24,12 @@ class RetryJob(Exception):
 
 class JobCancelled(Exception):
     """Raised by ctx.check() when a cancel was requested; pipelines may save work, then re-raise."""
+
+
+class Preempted(Exception):
+    """The infrastructure interrupts the job (the worker shuts down, the database went away): hand it back
+    so it resumes elsewhere without spending an attempt. `reason` is machine-readable."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message

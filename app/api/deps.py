@@ -7,15 +7,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from app.db import session_scope
 from app.services import auth as auth_service
 from app.services.auth import Caller, KeyCache
+from app.services.job_reads import read_in_sql_thread
 from app.settings import Settings, get_settings
 
 
 def get_session() -> Iterator[Session]:
+    """A session that commits when the route function returns. Used with scope="function", so the commit
+    (and its failure, e.g. a 503 while the database is away) happens before the response is sent; ending it
+    after the response would turn such a failure into a dropped connection."""
     with session_scope() as session:
         yield session
 
@@ -34,7 +37,8 @@ async def get_caller(request: Request) -> Caller:
         if caller is None:
             raise auth_service.Unauthorized("This API key is unknown or revoked.")
         return caller
-    return await run_in_threadpool(_lookup, cache, token)
+    # Once more on a fresh connection if the first was lost (its one write, last_used_at, is idempotent).
+    return await read_in_sql_thread(_lookup, cache, token)
 
 
 async def settings() -> Settings:
@@ -42,6 +46,6 @@ async def settings() -> Settings:
     return get_settings()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SettingsDep = Annotated[Settings, Depends(settings)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -15,18 +16,21 @@ from starlette.responses import Response
 
 from app.api.deps import CallerDep, SessionDep, SettingsDep
 from app.api.responses import JSON
-from app.db import in_sql_thread, session_scope
+from app.db import DatabaseUnavailable, in_sql_thread, is_transient, session_scope
 from app.models import TERMINAL_STATUSES
 from app.schemas.jobs import EventList, JobCreate, JobList, JobRead
 from app.services import generation as generation_service
 from app.services import jobs as jobs_service
 from app.services import training as training_service
 from app.services.auth import Caller
+from app.services.job_reads import read_in_sql_thread
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 POLL_SECONDS = 0.2
+STREAM_RETRY_SECONDS = 1.0  # a live event stream's next look while the database is away
+log = logging.getLogger("tuneq.api")
 
 
 def _submit(caller: Caller, body: JobCreate, idempotency_key: str | None, settings: Settings) -> tuple[dict, bool]:
@@ -50,10 +54,14 @@ async def create_job(
     return JSON(job, status_code=201, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 
+def _jobs_page(team_id: str, **filters: Any) -> tuple[list[dict[str, Any]], bool, str | None]:
+    with session_scope() as session:
+        return jobs_service.list_jobs(session, team_id=team_id, **filters)
+
+
 @router.get("/jobs", response_model=JobList)
-def list_jobs(
+async def list_jobs(
     caller: CallerDep,
-    session: SessionDep,
     kind: str | None = None,
     status: Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     created_after: datetime | None = None,
@@ -61,8 +69,8 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> Response:
-    data, has_more, next_cursor = jobs_service.list_jobs(
-        session, team_id=caller.team_id, kind=kind, status=status, created_after=created_after, label=label,
+    data, has_more, next_cursor = await read_in_sql_thread(
+        _jobs_page, caller.team_id, kind=kind, status=status, created_after=created_after, label=label,
         limit=limit, cursor=cursor,
     )
     return JSON({"data": data, "has_more": has_more, "next_cursor": next_cursor})
@@ -78,6 +86,19 @@ async def get_job(job_id: str, request: Request, caller: CallerDep) -> Response:
 def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> Response:
     caller.require("jobs:write")
     return JSON(jobs_service.cancel(session, team_id=caller.team_id, job_id=job_id))
+
+
+@router.post(
+    "/jobs/{job_id}/resume",
+    response_model=JobRead,
+    responses={409: {"description": "The job is not failed or cancelled, or a dependency has not succeeded"}},
+)
+def resume_job(job_id: str, caller: CallerDep, session: SessionDep) -> Response:
+    """Continue a failed or cancelled job as the same run, with a fresh attempt budget: training resumes from
+    its last checkpoint, generation skips the items it already made, other kinds run again. Its events show
+    `resumed`."""
+    caller.require("jobs:write")
+    return JSON(jobs_service.resume(session, team_id=caller.team_id, job_id=job_id))
 
 
 def _events_page(team_id: str, job_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
@@ -105,7 +126,7 @@ async def job_events(
 ) -> Response:
     """A page of events after `after`; with `Accept: text/event-stream`, a live stream until the job ends."""
     start = last_event_id if last_event_id is not None else after
-    first, has_more = await in_sql_thread(_events_page, caller.team_id, job_id, start, limit)
+    first, has_more = await read_in_sql_thread(_events_page, caller.team_id, job_id, start, limit)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return JSON({"data": first, "has_more": has_more, "next_cursor": first[-1]["seq"] if has_more else None})
 
@@ -117,14 +138,23 @@ async def job_events(
                 yield {"id": str(last), "event": event["type"], "data": orjson.dumps(event).decode()}
                 if event["type"] in TERMINAL_STATUSES:  # a terminal event is named after its status
                     return
-            if not batch and jobs_service.is_terminal(await in_sql_thread(_job, caller.team_id, job_id)):
-                # Ended before `last`: re-check once so a final event is never missed.
-                batch, _ = await in_sql_thread(_events_page, caller.team_id, job_id, last, 1000)
-                if not batch:
-                    return
-                continue
-            await asyncio.sleep(POLL_SECONDS)
-            batch, _ = await in_sql_thread(_events_page, caller.team_id, job_id, last, 1000)
+            try:
+                if not batch and jobs_service.is_terminal(await read_in_sql_thread(_job, caller.team_id, job_id)):
+                    # Ended before `last`: re-check once so a final event is never missed.
+                    batch, _ = await read_in_sql_thread(_events_page, caller.team_id, job_id, last, 1000)
+                    if not batch:
+                        return
+                    continue
+                await asyncio.sleep(POLL_SECONDS)
+                batch, _ = await read_in_sql_thread(_events_page, caller.team_id, job_id, last, 1000)
+            except Exception as exc:
+                # The response has started, so an error now would only drop the connection: wait for the
+                # database instead (pings keep the stream open) and go on from the last event sent.
+                if not (is_transient(exc) or isinstance(exc, DatabaseUnavailable)):
+                    raise
+                log.warning("event stream of %s: database unreachable (%s); waiting", job_id, type(exc).__name__)
+                batch = []
+                await asyncio.sleep(STREAM_RETRY_SECONDS)
 
     return EventSourceResponse(stream(), ping=15)
 
@@ -172,7 +202,7 @@ async def wait_for_job(
     """Long-poll: answers as soon as the job ends, or with its current state after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        job = await in_sql_thread(_job, caller.team_id, job_id)
+        job = await read_in_sql_thread(_job, caller.team_id, job_id)
         if jobs_service.is_terminal(job) or time.monotonic() >= deadline:
             return JSON(job)
         await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))

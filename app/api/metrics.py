@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from app.db import in_sql_thread, session_scope
 from app.models import Job, utcnow
+from app.services import job_reads
 
 router = APIRouter(tags=["health"])
 
@@ -30,18 +31,32 @@ class JobsCollector(Collector):
         oldest = GaugeMetricFamily("tuneq_oldest_queued_job_seconds",
                                    "Age of the oldest queued job, by kind: growing means no worker takes them.",
                                    labels=["kind"])
+        # One series per kind, not per job: job ids as labels would make a new series for every job.
+        silent = GaugeMetricFamily(
+            "tuneq_job_seconds_since_progress",
+            "Longest time any running job of this kind has gone without reporting progress (the maximum over "
+            "its running jobs, on the database's clock; not labelled per job, which would grow a series per "
+            "job). Nearing the kind's stall limit means a job is about to be preempted as stalled.",
+            labels=["kind"])
         now = utcnow()
         with session_scope() as session:
             counts = session.execute(select(Job.kind, Job.status, func.count()).where(Job.status.in_(OPEN_STATUSES))
                                      .group_by(Job.kind, Job.status)).all()
             ages = session.execute(select(Job.kind, func.min(Job.created_at)).where(Job.status == "queued")
                                    .group_by(Job.kind)).all()
+            running = job_reads.seconds_since_progress(session)
         for kind, status, count in counts:
             jobs.add_metric([kind, status], count)
         for kind, created in ages:
             oldest.add_metric([kind], max(0.0, (now - created).total_seconds()))
+        longest: dict[str, float] = {}
+        for _, kind, seconds in running:
+            longest[kind] = max(seconds, longest.get(kind, 0.0))
+        for kind, seconds in sorted(longest.items()):
+            silent.add_metric([kind], seconds)
         yield jobs
         yield oldest
+        yield silent
 
 
 _registry = CollectorRegistry(auto_describe=False)

@@ -28,7 +28,13 @@ from app.chat.render import (
 from app.chat.shapes import ShapeError, UnknownShapeError, converter_for, detect_shape
 from app.chat.tokenizer import QwenTokenizer, get_tokenizer
 
+# The version of what `render` produces (tokens and loss weights, including the tokenizer it uses). Bump it with
+# any change to app/chat/render.py or app/chat/tokenizer.py that changes its output: a training run pins it in
+# its checkpoints' plan, and refuses to resume across a change (workers/pipelines/training.py, `plan_changed`).
+RENDERER_VERSION = 1
+
 __all__ = [
+    "RENDERER_VERSION",
     "Message",
     "Piece",
     "Problem",

@@ -2,11 +2,13 @@
 
 from app.models.api_key import ApiKey
 from app.models.artifact import Artifact
-from app.models.base import Base, new_id, row_dict, utcnow
+from app.models.base import Base, db_now, new_id, row_dict, utcnow
 from app.models.checkpoint import Checkpoint
 from app.models.generation_item import GenerationItem
 from app.models.job import ACTIVE_STATUSES, TERMINAL_STATUSES, Job
+from app.models.job_dependency import JobDependency
 from app.models.job_event import JobEvent
+from app.models.lock import Lock
 from app.models.metric import Metric
 from app.models.team import Team
 
@@ -19,9 +21,12 @@ __all__ = [
     "Checkpoint",
     "GenerationItem",
     "Job",
+    "JobDependency",
     "JobEvent",
+    "Lock",
     "Metric",
     "Team",
+    "db_now",
     "new_id",
     "row_dict",
     "utcnow",

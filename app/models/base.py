@@ -7,9 +7,11 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator
+from sqlalchemy import JSON, ClauseElement, DateTime, MetaData, TypeDecorator, literal
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql.functions import FunctionElement
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -59,3 +61,32 @@ def row_dict(row: Any, *times: str) -> dict[str, Any]:
 def new_id(prefix: str) -> str:
     """A time-ordered id: sorting ids sorts by creation time, so cursors can be plain ids."""
     return f"{prefix}_{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"
+
+
+class db_now(FunctionElement[datetime]):
+    """The database's clock (plus `offset` seconds): times that decide who owns a job come from the one
+    database, never from hosts, whose clocks drift (docs/architecture.md). SQLite renders it in the text
+    format SQLAlchemy stores there, so comparisons with stored values stay correct."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+    name = "db_now"
+
+    def __init__(self, offset: Any = None) -> None:
+        args = [] if offset is None else [offset if isinstance(offset, ClauseElement) else literal(float(offset))]
+        super().__init__(*args)
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(element: db_now, compiler: Any, **kw: Any) -> str:
+    offset = list(element.clauses)
+    if not offset:
+        return "statement_timestamp()"
+    return f"(statement_timestamp() + make_interval(secs => {compiler.process(offset[0], **kw)}))"
+
+
+@compiles(db_now)
+def _db_now_sqlite(element: db_now, compiler: Any, **kw: Any) -> str:
+    offset = list(element.clauses)
+    modifier = f", ({compiler.process(offset[0], **kw)}) || ' seconds'" if offset else ""
+    return f"(strftime('%Y-%m-%d %H:%M:%f', 'now'{modifier}) || '000')"

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint, false
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONType, UTCDateTime, new_id, utcnow
@@ -13,7 +13,7 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 class Job(Base):
-    """The whole state of a job. A Celery message only says "drive job J" (DESIGN.md §2)."""
+    """The whole state of a job. A Celery message only says "drive job J" (docs/architecture.md, "The rule")."""
 
     __tablename__ = "job"
     __table_args__ = (
@@ -35,8 +35,14 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
+    # Attempts count the job's own failures; preemptions count the infrastructure's (a lost worker, a
+    # shutdown, a stall), which resume the job without spending an attempt (docs/architecture.md).
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Set when the job was handed back by the infrastructure: its next claim resumes the same attempt.
+    preempted: Mapped[bool] = mapped_column(default=False, server_default=false())
+    stall_seconds: Mapped[float | None] = mapped_column(Float)  # per-job override of the kind's stall limit
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     event_seq: Mapped[int] = mapped_column(Integer, default=0)
@@ -48,6 +54,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the database's clock
+    progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last report of the pipeline
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)  # a retry waits until then
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -19,7 +19,12 @@ Label = Annotated[str, Field(min_length=1, max_length=200)]
 class JobCreateBase(StrictModel):
     labels: dict[Label, Label] = Field(default_factory=dict, max_length=50)
     depends_on: list[str] = Field(default_factory=list, max_length=50, description="Job ids that must succeed first")
-    max_attempts: int | None = Field(default=None, ge=1, le=20)
+    max_attempts: int | None = Field(default=None, ge=1, le=20,
+                                     description="Attempts for the job's own failures (infrastructure "
+                                                 "interruptions do not spend them)")
+    stall_seconds: float | None = Field(default=None, ge=5, le=86_400,
+                                        description="Preempt the job when it reports no progress for this "
+                                                    "long (default: the server's limit for its kind)")
 
 
 class TestJobSpec(StrictModel):
@@ -78,8 +83,9 @@ class JobRead(BaseModel):
     progress: dict[str, Any] | None
     result: dict[str, Any] | None
     error: JobError | None
-    attempt: int
+    attempt: int = Field(description="Attempts spent by the job's own failures")
     max_attempts: int
+    preemptions: int = Field(description="Times the infrastructure interrupted it (it resumed each time)")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -1,13 +1,17 @@
 """The artifact store (a directory, shared by API and workers) and its SQL rows.
 
-Files are written atomically (temp file, fsync, rename) while their sha256 and size are computed, so a
-reader never sees a partial artifact. `uri` holds the path relative to the store root.
+Files are written atomically (temp file, fsync of file and directory, rename) while their sha256 and size
+are computed, so a reader never sees a partial artifact. `uri` holds the path relative to the store root.
+A job's outputs live under a folder per attempt (`<team>/<job>/attempt-<lease>/`): an old attempt that wakes
+up late writes only into its own folder, which is never registered (docs/architecture.md, "Artifacts").
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +37,27 @@ def local_path(uri: str) -> Path:
     return root() / uri
 
 
+def attempt_path(team_id: str, job_id: str, lease_token: int, name: str) -> str:
+    return f"{team_id}/{job_id}/attempt-{lease_token}/{name}"
+
+
+def remove_other_attempts(team_id: str, job_id: str, lease_token: int) -> None:
+    """Once an attempt registered its outputs, earlier attempts' folders (and their temp files) go."""
+    job_dir = local_path(f"{team_id}/{job_id}")
+    keep = f"attempt-{lease_token}"
+    for child in job_dir.glob("attempt-*"):
+        if child.name != keep:
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class AtomicWriter:
     """Write a file under the store; it appears under its final name only when complete."""
 
@@ -40,7 +65,8 @@ class AtomicWriter:
         self.relpath = relpath
         self.path = local_path(relpath)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        # Unique per writer (pids repeat across containers); a crash leaves it in its attempt's folder.
+        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         self._file: IO[bytes] = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._hash = hashlib.sha256()
         self.bytes = 0
@@ -59,6 +85,7 @@ class AtomicWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self.path)
+        _fsync_dir(self.path.parent)  # the rename itself survives a power loss
 
     def abort(self) -> None:
         self._file.close()

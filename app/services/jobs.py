@@ -1,4 +1,4 @@
-"""Job rules and queries: submit (with idempotency), read, list, cancel, events."""
+"""Job rules and queries: submit (with idempotency), read, list, cancel, resume, events."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, insert, literal, select, update
+from sqlalchemy import Connection, bindparam, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,7 +23,7 @@ from app.settings import Settings
 
 JOB_COLUMNS = (
     Job.id, Job.kind, Job.status, Job.spec, Job.labels, Job.depends_on, Job.progress, Job.result, Job.error,
-    Job.attempt, Job.max_attempts, Job.created_at, Job.started_at, Job.finished_at, Job.cancel_requested_at,
+    Job.attempt, Job.max_attempts, Job.preemptions, Job.created_at, Job.started_at, Job.finished_at, Job.cancel_requested_at,
 )
 _TIMES = ("created_at", "started_at", "finished_at", "cancel_requested_at")
 _INSERT_JOB = insert(Job)
@@ -233,14 +233,15 @@ def submit(
     row = {
         "id": job_id, "kind": kind, "status": status, "spec": spec, "labels": body.labels,
         "depends_on": body.depends_on, "progress": None, "result": None, "error": None, "attempt": 0,
-        "max_attempts": body.max_attempts or settings.max_attempts, "created_at": now, "started_at": None,
-        "finished_at": None, "cancel_requested_at": None,
+        "max_attempts": body.max_attempts or settings.max_attempts, "preemptions": 0, "created_at": now,
+        "started_at": None, "finished_at": None, "cancel_requested_at": None,
     }
     # Core inserts of constant statements (SQLAlchemy's compiled cache): this is the hot write path.
     values = {
         **row, "team_id": caller.team_id, "lease_token": 0, "event_seq": 1, "idempotency_key": idempotency_key,
         "request_hash": body_hash, "updated_at": now, "enqueued_at": now if ready else None,
-        "has_dependents": False, "lease_owner": None, "heartbeat_at": None,
+        "has_dependents": False, "lease_owner": None, "heartbeat_at": None, "preempted": False,
+        "stall_seconds": body.stall_seconds, "progress_at": None, "not_before": None,
     }
     def insert(conn: Connection) -> None:
         if conn.dialect.name == "postgresql":  # the job and its first event in one statement
@@ -252,16 +253,20 @@ def submit(
 
     try:
         if session.get_bind().dialect.name == "postgresql" and not body.depends_on:
-            run_statement(insert, idempotent=False)  # one statement: it can skip BEGIN/COMMIT and the pre-ping
+            # One statement: it can skip BEGIN/COMMIT and the pre-ping. A retry on a fresh connection is safe:
+            # if the first try did land, the retry hits its primary key, which counts as done (below).
+            run_statement(insert)
         else:
-            conn = session.connection()
-            insert(conn)
-            if body.depends_on:
-                conn.execute(update(Job).where(Job.id.in_(body.depends_on)).values(has_dependents=True))
+            insert(session.connection())
+            transitions.add_dependencies(session, job_id, body.depends_on)
             session.commit()
     except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the insert.
         session.rollback()
+        if session.execute(select(Job.id).where(Job.id == job_id)).first() is not None:
+            if ready:  # our own insert landed before its connection dropped
+                enqueue(job_id, kind)
+            return {**row, "created_at": now.isoformat()}, False
+        # A concurrent request with the same Idempotency-Key won the insert.
         replay = _replay(session, caller.team_id, idempotency_key or "", body_hash) if idempotency_key else None
         if replay is None:
             raise Conflict("A request with this Idempotency-Key is in progress; retry shortly.") from None
@@ -312,12 +317,48 @@ def list_jobs(
 
 
 def cancel(session: Session, *, team_id: str, job_id: str) -> dict[str, Any]:
+    """Cancel the job, or ask its worker to stop. Cancelling a cancelled job (or one whose cancel was already
+    requested) changes nothing and answers the job as it is."""
     job = get(session, team_id=team_id, job_id=job_id)
     if job["status"] in ("succeeded", "failed"):
         raise Conflict(f"Job {job_id} already {job['status']}; there is nothing to cancel.")
     transitions.request_cancel(session, job_id)
     session.commit()
     return get(session, team_id=team_id, job_id=job_id)
+
+
+RESUMABLE = ("failed", "cancelled")
+
+
+def resume(session: Session, *, team_id: str, job_id: str) -> dict[str, Any]:
+    """Queue a failed or cancelled job again as the same run, with a fresh attempt budget; commit, then send
+    its wake-up. Its pipeline continues from what it saved (training: its last checkpoint)."""
+    job = get(session, team_id=team_id, job_id=job_id)
+    _check_resumable(session, team_id, job)
+    row = transitions.resume(session, job_id, job["status"])
+    if row is None:  # someone else resumed it between our read and our update
+        session.rollback()
+        _check_resumable(session, team_id, get(session, team_id=team_id, job_id=job_id))
+        raise Conflict(f"Job {job_id} changed while it was being resumed; read it again and retry if needed.")
+    session.commit()
+    enqueue(job_id, row.kind, resumed=True)
+    return get(session, team_id=team_id, job_id=job_id)
+
+
+def _check_resumable(session: Session, team_id: str, job: dict[str, Any]) -> None:
+    job_id, status = job["id"], job["status"]
+    if status not in RESUMABLE:
+        why = {"succeeded": "it already succeeded", "pending": "it is waiting for its dependencies",
+               "queued": "it is queued to run", "running": "it is running"}.get(status, f"it is {status}")
+        raise Conflict(f"Job {job_id} cannot be resumed: {why}; only failed or cancelled jobs can be resumed.")
+    if job["depends_on"]:
+        found = dict(session.execute(select(Job.id, Job.status).where(
+            Job.team_id == team_id, Job.id.in_(job["depends_on"]))).tuples().all())
+        unmet = [d for d in job["depends_on"] if found.get(d) != "succeeded"]
+        if unmet:
+            raise Conflict(f"Job {job_id} cannot be resumed: its dependency {unmet[0]} is "
+                           f"{found.get(unmet[0], 'gone')}, so it would run without its input. Resume "
+                           f"{unmet[0]} first, then this job once it has succeeded.")
 
 
 def list_events(
@@ -334,14 +375,3 @@ def list_events(
 
 def is_terminal(job: dict[str, Any]) -> bool:
     return job["status"] in TERMINAL_STATUSES
-
-
-def run_reaper(session: Session, settings: Settings) -> int:
-    """One reaper pass: recover lost work, then send wake-ups after the commit."""
-    to_enqueue = transitions.reap(
-        session, lease_seconds=settings.lease_seconds, requeue_after_seconds=settings.requeue_after_seconds
-    )
-    session.commit()
-    for job_id, kind in to_enqueue:
-        enqueue(job_id, kind)
-    return len(to_enqueue)

@@ -66,6 +66,11 @@ def record_metrics(session: Session, job_id: str, step: int, values: dict[str, f
                                      for k, v in values.items()])
 
 
+def metric_value(session: Session, job_id: str, name: str, step: int) -> float | None:
+    return session.scalar(select(Metric.value).where(Metric.job_id == job_id, Metric.name == name,
+                                                     Metric.step == step))
+
+
 def metric_series(session: Session, *, team_id: str, job_id: str, names: list[str] | None,
                   after_step: int) -> dict[str, list[list[float]]]:
     _owned(session, team_id, job_id)

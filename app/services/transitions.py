@@ -1,26 +1,45 @@
-"""Every job status change, as compare-and-set UPDATEs (DESIGN.md §2–3).
+"""Every job status change, as compare-and-set UPDATEs (docs/architecture.md, "Lifecycle").
 
 Each change bumps `job.event_seq` in the same UPDATE that checks the expected state, then appends
 its events with those sequence numbers, all in the caller's transaction; on PostgreSQL a change with one
 event is a single statement, which app.db.run_statement runs in autocommit. A write made by a worker also
 matches its `lease_token`: zero rows means the lease moved on, and the worker must stop.
+
+Times that decide ownership (heartbeats, lease expiry, retry backoff) come from the database's clock
+(`db_now`), never from a host's. Attempts count a job's own failures; a preemption (lost worker, shutdown,
+stall) hands the job back with `preempted` set, and the next claim resumes without spending an attempt.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, Update, and_, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Float,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    case,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobEvent, utcnow
+from app.models import Job, JobDependency, JobEvent, db_now, utcnow
 
 Event = tuple[str, dict[str, Any]]
 DB = Session | Connection  # a session, or a bare connection from app.db.run_statement
+Wakeup = tuple[str, str, bool]  # (job_id, kind, resumed): resumed wake-ups go before new ones
 
 
 class LeaseLost(Exception):
@@ -36,56 +55,84 @@ class Claim:
     token: int
     attempt: int
     max_attempts: int
+    preemptions: int = 0
+    stall_seconds: float | None = None
 
 
 def error_body(code: str, message: str, *, user_error: bool, details: dict[str, Any] | None = None) -> dict:
     return {"code": code, "message": message, "user_error": user_error, "details": details or {}}
 
 
-class Increment:
-    """A value meaning "this column + 1"."""
+class Sql:
+    """A value the database computes in the UPDATE itself. Named, so the statement stays cacheable."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
-INCREMENT = Increment()
+INCREMENT = Sql("increment")
+NOW = Sql("now")
+_TAKEOVER = or_(Job.preempted, Job.status == "running")  # the claim resumes a preempted run
+_EXPRESSIONS: dict[str, Callable[[Any], Any]] = {
+    "increment": lambda col: col + 1,
+    "now": lambda col: db_now(),
+    "later": lambda col: db_now(bindparam("x_delay", type_=Float)),
+    "attempt_unless_resuming": lambda col: col + case((_TAKEOVER, 0), else_=1),
+    "count_takeover": lambda col: col + case((Job.status == "running", 1), else_=0),
+}
+ATTEMPT_UNLESS_RESUMING = Sql("attempt_unless_resuming")
+COUNT_TAKEOVER = Sql("count_takeover")
+LATER = Sql("later")  # now + the `delay` given to _change
+
+
+def _lease_cutoff() -> ColumnElement[Any]:
+    return db_now(-bindparam("g_lease", type_=Float))
+
 
 # Guards name the expected state of a compare-and-set; their parameters are bound at execution time.
 _GUARDS: dict[str, Callable[[], list[ColumnElement[bool]]]] = {
     "claimable": lambda: [
         Job.attempt < Job.max_attempts,
-        or_(Job.status == "queued", and_(Job.status == "running", Job.heartbeat_at < bindparam("g_cutoff"))),
+        or_(and_(Job.status == "queued", or_(Job.not_before.is_(None), Job.not_before <= db_now())),
+            and_(Job.status == "running", Job.heartbeat_at < _lease_cutoff())),
     ],
     "leased": lambda: [Job.lease_token == bindparam("g_token"), Job.status == "running"],
+    # The reaper re-checks staleness in the UPDATE itself: a heartbeat that lands first wins.
+    "stale": lambda: [Job.lease_token == bindparam("g_token"), Job.status == "running",
+                      Job.heartbeat_at < _lease_cutoff()],
     "waiting": lambda: [Job.status.in_(("pending", "queued"))],
     "running_not_cancelling": lambda: [Job.status == "running", Job.cancel_requested_at.is_(None)],
-    "queued_never_sent": lambda: [Job.status == "queued", Job.enqueued_at.is_(None)],
+    "queued_due_unsent": lambda: [Job.status == "queued", Job.enqueued_at.is_(None),
+                                  or_(Job.not_before.is_(None), Job.not_before <= db_now())],
     "queued_sent_at": lambda: [Job.status == "queued", Job.enqueued_at == bindparam("g_enqueued_at")],
     "pending": lambda: [Job.status == "pending"],
+    "ended": lambda: [Job.status.in_(("failed", "cancelled"))],
 }
 _RETURNING = (Job.id, Job.event_seq, Job.attempt, Job.max_attempts, Job.team_id, Job.kind, Job.spec, Job.lease_token,
-              Job.cancel_requested_at, Job.has_dependents)
+              Job.cancel_requested_at, Job.has_dependents, Job.preemptions, Job.stall_seconds, Job.preempted)
 _INSERT_EVENTS = insert(JobEvent)
 
 
 @functools.lru_cache(maxsize=256)
-def _statement(guard: str, keys: tuple[str, ...], increments: tuple[str, ...]) -> Update:
+def _statement(guard: str, keys: tuple[str, ...], computed: tuple[tuple[str, str], ...]) -> Update:
     """One UPDATE per (guard, columns) shape, built once: SQLAlchemy's hot path is then just execution."""
     columns = Job.__table__.c
     values: dict[str, Any] = {k: bindparam(f"v_{k}", type_=columns[k].type) for k in keys}
-    values.update({k: columns[k] + 1 for k in increments})
+    values.update({k: _EXPRESSIONS[name](columns[k]) for k, name in computed})
     values["event_seq"] = Job.event_seq + bindparam("n_events")
     return (update(Job).where(Job.id == bindparam("g_job_id"), *_GUARDS[guard]()).values(**values)
             .returning(*_RETURNING))
 
 
 @functools.lru_cache(maxsize=256)
-def _statement_logged(guard: str, keys: tuple[str, ...], increments: tuple[str, ...]) -> Select[Any]:
+def _statement_logged(guard: str, keys: tuple[str, ...], computed: tuple[tuple[str, str], ...]) -> Select[Any]:
     """PostgreSQL: the UPDATE and its one event INSERT in a single statement (one round trip, not two)."""
-    changed = _statement(guard, keys, increments).cte("changed")
+    changed = _statement(guard, keys, computed).cte("changed")
     events = JobEvent.__table__.c
     logged = insert(JobEvent).from_select(
-        ["job_id", "seq", "type", "data", "attempt", "created_at"],
+        ["job_id", "seq", "type", "data", "attempt", "lease_token", "created_at"],
         select(changed.c.id, changed.c.event_seq, bindparam("e_type", type_=events.type.type),
-               bindparam("e_data", type_=events.data.type), changed.c.attempt,
+               bindparam("e_data", type_=events.data.type), changed.c.attempt, changed.c.lease_token,
                bindparam("e_created_at", type_=events.created_at.type)),
     ).cte("logged")
     return select(changed).add_cte(logged)
@@ -98,27 +145,32 @@ def _change(
     values: dict[str, Any],
     events: list[Event],
     now: datetime,
+    *,
+    delay: float | None = None,
     **guard_params: Any,
 ) -> Any:
     """Apply `values` if the job is in the `guard` state and append `events`; the updated row or None."""
     values = {**values, "updated_at": now}
-    keys = tuple(sorted(k for k, v in values.items() if v is not INCREMENT))
-    increments = tuple(sorted(k for k, v in values.items() if v is INCREMENT))
+    keys = tuple(sorted(k for k, v in values.items() if not isinstance(v, Sql)))
+    computed = tuple(sorted((k, v.name) for k, v in values.items() if isinstance(v, Sql)))
     params = {f"v_{k}": values[k] for k in keys}
     params.update({f"g_{k}": v for k, v in guard_params.items()}, g_job_id=job_id, n_events=len(events))
+    if delay is not None:
+        params["x_delay"] = delay
     conn = db.connection() if isinstance(db, Session) else db  # Core, not ORM-enabled: runs for every job step
     if len(events) == 1 and conn.dialect.name == "postgresql":
         (type_, data), = events
         params.update(e_type=type_, e_data=data, e_created_at=now)
-        return conn.execute(_statement_logged(guard, keys, increments), params).first()
-    row = conn.execute(_statement(guard, keys, increments), params).first()
+        return conn.execute(_statement_logged(guard, keys, computed), params).first()
+    row = conn.execute(_statement(guard, keys, computed), params).first()
     if row is None or not events:
         return row
     first = row.event_seq - len(events) + 1
     conn.execute(
         _INSERT_EVENTS,
         [
-            {"job_id": job_id, "seq": first + i, "type": t, "data": d, "attempt": row.attempt, "created_at": now}
+            {"job_id": job_id, "seq": first + i, "type": t, "data": d, "attempt": row.attempt,
+             "lease_token": row.lease_token, "created_at": now}
             for i, (t, d) in enumerate(events)
         ],
     )
@@ -129,28 +181,30 @@ def _change(
 
 
 def claim(db: DB, job_id: str, *, owner: str, lease_seconds: float) -> Claim | None:
-    """Take the job if it is queued, or running under a lease that went stale. None: not ours."""
+    """Take the job if it is queued (and due), or running under a lease that went stale. None: not ours.
+    A preempted job (or a stale one taken over) resumes the same attempt; anything else starts a new one."""
     now = utcnow()
-    cutoff = now - timedelta(seconds=lease_seconds)
     row = _change(
         db,
         job_id,
         "claimable",
-        {"status": "running", "lease_owner": owner, "lease_token": INCREMENT, "heartbeat_at": now,
-         "attempt": INCREMENT, "started_at": now},
+        {"status": "running", "lease_owner": owner, "lease_token": INCREMENT, "heartbeat_at": NOW,
+         "progress_at": NOW, "attempt": ATTEMPT_UNLESS_RESUMING, "preemptions": COUNT_TAKEOVER,
+         "preempted": False, "not_before": None, "started_at": now},
         [("running", {"owner": owner})],
         now,
-        cutoff=cutoff,
+        lease=lease_seconds,
     )
     if row is None:
         return None
-    return Claim(job_id, row.team_id, row.kind, row.spec, row.lease_token, row.attempt, row.max_attempts)
+    return Claim(job_id, row.team_id, row.kind, row.spec, row.lease_token, row.attempt, row.max_attempts,
+                 row.preemptions, row.stall_seconds)
 
 
 def heartbeat(db: DB, job_id: str, token: int) -> bool:
     """Renew the lease. Returns True when a cancel was requested. Raises LeaseLost."""
     now = utcnow()
-    row = _change(db, job_id, "leased", {"heartbeat_at": now}, [], now, token=token)
+    row = _change(db, job_id, "leased", {"heartbeat_at": NOW}, [], now, token=token)
     if row is None:
         raise LeaseLost(job_id)
     return row.cancel_requested_at is not None
@@ -159,9 +213,11 @@ def heartbeat(db: DB, job_id: str, token: int) -> bool:
 def fenced_update(
     db: DB, job_id: str, token: int, values: dict[str, Any], events: list[Event] | None = None
 ) -> bool:
-    """A worker's write. Returns True when a cancel was requested. Raises LeaseLost."""
+    """A worker's write; it is also a sign of progress. Returns True when a cancel was requested.
+    Raises LeaseLost."""
     now = utcnow()
-    row = _change(db, job_id, "leased", {**values, "heartbeat_at": now}, events or [], now, token=token)
+    row = _change(db, job_id, "leased", {**values, "heartbeat_at": NOW, "progress_at": NOW}, events or [], now,
+                  token=token)
     if row is None:
         raise LeaseLost(job_id)
     return row.cancel_requested_at is not None
@@ -192,15 +248,47 @@ def finish(
     return bool(row.has_dependents)
 
 
-def retry_later(db: DB, job_id: str, token: int, error: dict[str, Any]) -> bool:
-    """Give a transient failure another attempt. False when attempts are used up (job failed)."""
+def _too_many_preemptions(preemptions: int, why: str) -> dict[str, Any]:
+    return error_body(
+        "too_many_preemptions",
+        f"The job was interrupted by the infrastructure {preemptions} times (last: {why}), the most this server "
+        "allows (TUNEQ_MAX_PREEMPTIONS). Check the workers' logs for crashes or out-of-memory kills; "
+        "`POST /v1/jobs/{id}/resume` continues it from its last checkpoint.",
+        user_error=False,
+    )
+
+
+def retry_later(db: DB, job_id: str, token: int, error: dict[str, Any], *, delay_seconds: float) -> bool:
+    """Give the job's own transient failure another attempt after `delay_seconds` (the reaper sends the
+    wake-up when it is due). False when attempts are used up (job failed)."""
     now = utcnow()
     row = db.execute(select(Job.attempt, Job.max_attempts).where(Job.id == job_id)).first()
     if row is not None and row.attempt >= row.max_attempts:
         finish(db, job_id, token, "failed", error=error)
         return False
-    values = {"status": "queued", "lease_owner": None, "enqueued_at": now, "error": error}
-    if _change(db, job_id, "leased", values, [("retrying", {"error": error})], now, token=token) is None:
+    values = {"status": "queued", "lease_owner": None, "enqueued_at": None, "not_before": LATER, "error": error,
+              "preempted": False}
+    event = ("retrying", {"error": error, "retry_in_seconds": round(delay_seconds, 1)})
+    if _change(db, job_id, "leased", values, [event], now, token=token, delay=delay_seconds) is None:
+        raise LeaseLost(job_id)
+    return True
+
+
+def hand_back(db: DB, job_id: str, token: int, *, reason: str, max_preemptions: int,
+              details: dict[str, Any] | None = None) -> bool:
+    """The worker gives the job back (shutdown, stall, the database went away): it resumes elsewhere without
+    spending an attempt. True: queued again (send a resumed wake-up); False: preemptions used up (failed).
+    Raises LeaseLost."""
+    now = utcnow()
+    preemptions = db.execute(select(Job.preemptions).where(Job.id == job_id)).scalar_one_or_none() or 0
+    if preemptions + 1 > max_preemptions:
+        err = _too_many_preemptions(preemptions + 1, reason)
+        finish(db, job_id, token, "failed", error=err)
+        return False
+    values = {"status": "queued", "lease_owner": None, "enqueued_at": NOW, "preempted": True,
+              "preemptions": INCREMENT}
+    if _change(db, job_id, "leased", values, [("preempted", {"reason": reason, **(details or {})})], now,
+               token=token) is None:
         raise LeaseLost(job_id)
     return True
 
@@ -230,81 +318,139 @@ def request_cancel(db: DB, job_id: str) -> None:
         )
 
 
-def enqueue_marked(db: DB, job_id: str, expected_enqueued_at: datetime | None) -> bool:
-    """Note that a wake-up is being sent again; False if someone else just did it."""
+def resume(db: DB, job_id: str, previous_status: str) -> Any:
+    """Queue a failed or cancelled job again as the same run, with a fresh attempt budget; its pipeline
+    continues from what it saved (training: the last checkpoint). The row, or None if it is not ended."""
+    now = utcnow()
+    return _change(db, job_id, "ended",
+                   {"status": "queued", "finished_at": None, "error": None, "cancel_requested_at": None,
+                    "attempt": 0, "preemptions": 0, "preempted": False, "not_before": None, "lease_owner": None,
+                    "enqueued_at": NOW},
+                   [("resumed", {"by": "request", "previous_status": previous_status})], now)
+
+
+def mark_sent(db: DB, job_id: str, expected_enqueued_at: datetime | None) -> bool:
+    """Note that a wake-up is being sent; False if someone else just did it."""
     now = utcnow()
     if expected_enqueued_at is None:
-        return _change(db, job_id, "queued_never_sent", {"enqueued_at": now}, [], now) is not None
-    return _change(db, job_id, "queued_sent_at", {"enqueued_at": now}, [], now,
+        return _change(db, job_id, "queued_due_unsent", {"enqueued_at": NOW}, [], now) is not None
+    return _change(db, job_id, "queued_sent_at", {"enqueued_at": NOW}, [], now,
                    enqueued_at=expected_enqueued_at) is not None
+
+
+# ---- dependencies ----------------------------------------------------------------------------
+
+
+def add_dependencies(db: DB, job_id: str, depends_on: Iterable[str]) -> None:
+    rows = [{"job_id": job_id, "depends_on_id": d} for d in sorted(set(depends_on))]
+    if rows:
+        conn = db.connection() if isinstance(db, Session) else db
+        conn.execute(insert(JobDependency), rows)
+        conn.execute(update(Job).where(Job.id.in_([r["depends_on_id"] for r in rows])).values(has_dependents=True))
+
+
+_UNFINISHED = ("pending", "queued", "running")
+
+
+def _settle(db: DB, pending_ids: list[str]) -> list[Wakeup]:
+    """Queue each of these pending jobs whose dependencies all succeeded; cancel those with one that did not."""
+    if not pending_ids:
+        return []
+    now = utcnow()
+    deps: dict[str, list[tuple[str, str | None]]] = {j: [] for j in pending_ids}
+    rows = db.execute(
+        select(JobDependency.job_id, JobDependency.depends_on_id, Job.status, Job.kind)
+        .join(Job, Job.id == JobDependency.depends_on_id, isouter=True)
+        .where(JobDependency.job_id.in_(pending_ids))
+    ).all()
+    for row in rows:
+        deps[row.job_id].append((row.depends_on_id, row.status))
+    kinds = dict(db.execute(select(Job.id, Job.kind).where(Job.id.in_(pending_ids))).tuples().all())
+    released: list[Wakeup] = []
+    for job_id, statuses in deps.items():
+        if any(status in _UNFINISHED for _, status in statuses):
+            continue
+        broken = sorted(d for d, status in statuses if status != "succeeded")
+        if broken:
+            _change(db, job_id, "pending", {"status": "cancelled", "finished_at": now},
+                    [("cancelled", {"reason": f"dependency {broken[0]} did not succeed"})], now)
+        elif _change(db, job_id, "pending", {"status": "queued", "enqueued_at": NOW}, [("queued", {})],
+                     now) is not None:
+            released.append((job_id, kinds[job_id], False))
+    return released
+
+
+def release_dependents(db: DB, job_id: str) -> list[Wakeup]:
+    """After `job_id` ended: settle the pending jobs that wait on it (found through the index)."""
+    waiting = db.execute(
+        select(JobDependency.job_id).join(Job, Job.id == JobDependency.job_id)
+        .where(JobDependency.depends_on_id == job_id, Job.status == "pending")
+    ).scalars().all()
+    return _settle(db, list(waiting))
+
+
+def release_pending(db: DB, *, limit: int = 500) -> list[Wakeup]:
+    """The reaper's sweep: pending jobs none of whose dependencies is unfinished. Jobs still waiting are
+    excluded by the query itself, so a ready job is never starved behind many waiting ones."""
+    dep = JobDependency.__table__.alias("dep")
+    parent = Job.__table__.alias("parent")
+    blocked = exists(select(dep.c.job_id).join(parent, parent.c.id == dep.c.depends_on_id)
+                     .where(dep.c.job_id == Job.id, parent.c.status.in_(_UNFINISHED)))
+    ready = db.execute(select(Job.id).where(Job.status == "pending", ~blocked).order_by(Job.id).limit(limit))
+    return _settle(db, list(ready.scalars().all()))
 
 
 # ---- the reaper ------------------------------------------------------------------------------
 
-
-def reap(db: DB, *, lease_seconds: float, requeue_after_seconds: float) -> list[tuple[str, str]]:
-    """Recover jobs whose worker died and wake-ups that were lost. Returns (job_id, kind) to enqueue."""
+def reap(db: DB, *, lease_seconds: float, requeue_after_seconds: float, max_preemptions: int,
+         resend_kinds: Iterable[str] = (), resend_all: bool = False, limit: int = 500) -> list[Wakeup]:
+    """Recover jobs whose worker stopped heartbeating, send wake-ups that are due (new, retried after their
+    backoff, or likely lost: `resend_kinds` have waited too long with nothing in the broker, `resend_all`
+    after the broker restarted), and settle pending jobs. Returns the wake-ups to send after commit."""
     now = utcnow()
-    to_enqueue: list[tuple[str, str]] = []
+    to_enqueue: list[Wakeup] = []
     stale = db.execute(
-        select(Job.id, Job.kind, Job.attempt, Job.max_attempts, Job.lease_token, Job.lease_owner,
+        select(Job.id, Job.kind, Job.attempt, Job.preemptions, Job.lease_token, Job.lease_owner,
                Job.cancel_requested_at)
-        .where(Job.status == "running", Job.heartbeat_at < now - timedelta(seconds=lease_seconds))
-        .limit(500)
+        .where(Job.status == "running", Job.heartbeat_at < db_now(-lease_seconds))
+        .order_by(Job.heartbeat_at).limit(limit)
     ).all()
     for job in stale:
-        token = job.lease_token  # the stale lease this pass takes over (a CAS: one reaper wins)
         lost = {"previous_owner": job.lease_owner, "attempt": job.attempt}
+        guard = {"token": job.lease_token, "lease": lease_seconds}
         if job.cancel_requested_at is not None:
-            _change(db, job.id, "leased", {"status": "cancelled", "finished_at": now, "lease_owner": None},
+            _change(db, job.id, "stale", {"status": "cancelled", "finished_at": now, "lease_owner": None},
                     [("cancelled", {"reason": "cancel requested; its worker stopped responding", **lost})], now,
-                    token=token)
-        elif job.attempt >= job.max_attempts:
-            err = error_body(
-                "worker_lost",
-                f"The worker running this job stopped sending heartbeats (no sign of life for {lease_seconds:g} s) "
-                f"on all {job.attempt} attempts, so it was given up. Check the worker logs for a crash or "
-                "out-of-memory kill; resubmit once it is fixed.",
-                user_error=False,
-            )
-            _change(db, job.id, "leased",
-                    {"status": "failed", "finished_at": now, "lease_owner": None, "error": err},
-                    [("failed", {"error": err})], now, token=token)
-        else:
-            if _change(db, job.id, "leased", {"status": "queued", "lease_owner": None, "enqueued_at": now},
-                       [("requeued", {"reason": "heartbeat timeout", **lost})], now, token=token) is not None:
-                to_enqueue.append((job.id, job.kind))
+                    **guard)
+        elif job.preemptions + 1 > max_preemptions:
+            err = _too_many_preemptions(job.preemptions + 1, "its worker stopped sending heartbeats")
+            _change(db, job.id, "stale", {"status": "failed", "finished_at": now, "lease_owner": None, "error": err},
+                    [("failed", {"error": err})], now, **guard)
+        elif _change(db, job.id, "stale",
+                     {"status": "queued", "lease_owner": None, "enqueued_at": NOW, "preempted": True,
+                      "preemptions": INCREMENT},
+                     [("preempted", {"reason": "worker_lost", **lost})], now, **guard) is not None:
+            to_enqueue.append((job.id, job.kind, True))
 
-    unclaimed = db.execute(
-        select(Job.id, Job.kind, Job.enqueued_at)
-        .where(Job.status == "queued",
-               (Job.enqueued_at < now - timedelta(seconds=requeue_after_seconds)) | Job.enqueued_at.is_(None))
-        .limit(500)
+    due = db.execute(
+        select(Job.id, Job.kind, Job.preempted, Job.attempt)
+        .where(Job.status == "queued", Job.enqueued_at.is_(None),
+               or_(Job.not_before.is_(None), Job.not_before <= db_now()))
+        .order_by(Job.id).limit(limit)
     ).all()
-    for waiting in unclaimed:
-        if enqueue_marked(db, waiting.id, waiting.enqueued_at):
-            to_enqueue.append((waiting.id, waiting.kind))
+    for unsent in due:
+        if mark_sent(db, unsent.id, None):
+            to_enqueue.append((unsent.id, unsent.kind, bool(unsent.preempted or unsent.attempt)))
 
-    to_enqueue.extend(release_pending(db))
+    kinds = set(resend_kinds)
+    if resend_all or kinds:
+        query = select(Job.id, Job.kind, Job.enqueued_at, Job.preempted, Job.attempt).where(
+            Job.status == "queued", Job.enqueued_at.is_not(None))
+        if not resend_all:
+            query = query.where(Job.kind.in_(sorted(kinds)), Job.enqueued_at < db_now(-requeue_after_seconds))
+        for waiting in db.execute(query.order_by(Job.enqueued_at).limit(limit)).all():
+            if mark_sent(db, waiting.id, waiting.enqueued_at):
+                to_enqueue.append((waiting.id, waiting.kind, bool(waiting.preempted or waiting.attempt)))
+
+    to_enqueue.extend(release_pending(db, limit=limit))
     return to_enqueue
-
-
-def release_pending(db: DB, team_id: str | None = None) -> list[tuple[str, str]]:
-    """Queue pending jobs whose dependencies all succeeded; cancel those with a failed one."""
-    now = utcnow()
-    query = select(Job.id, Job.kind, Job.depends_on).where(Job.status == "pending").limit(500)
-    if team_id is not None:
-        query = query.where(Job.team_id == team_id)
-    pending = db.execute(query).all()
-    released: list[tuple[str, str]] = []
-    for job in pending:
-        deps = dict(db.execute(select(Job.id, Job.status).where(Job.id.in_(job.depends_on))).tuples().all())
-        broken = sorted(d for d in job.depends_on if deps.get(d) in ("failed", "cancelled", None))
-        if broken:
-            _change(db, job.id, "pending", {"status": "cancelled", "finished_at": now},
-                    [("cancelled", {"reason": f"dependency {broken[0]} did not succeed"})], now)
-        elif all(deps.get(d) == "succeeded" for d in job.depends_on):
-            if _change(db, job.id, "pending", {"status": "queued", "enqueued_at": now},
-                       [("queued", {})], now) is not None:
-                released.append((job.id, job.kind))
-    return released

@@ -59,6 +59,9 @@ process (an SDK retry of the same request is the same call); ``probability`` rol
 
 * ``user_error`` / ``server_error``: accepted, then the future fails with ``tinker.RequestFailedError``
   (category User / Server) and nothing is applied;
+* ``hang``: accepted, and never answered: the future stays pending for ever (every ``/retrieve_future`` poll
+  answers ``try_again``), as with a stuck service. On a training run the requests queued behind it never run
+  either; a client resumed from a checkpoint is a new run and is not affected;
 * ``connection``, ``timeout``, ``http_<status>`` (e.g. ``http_500``, ``http_503``, ``http_429``): the first
   ``times`` HTTP attempts of the call fail. By default the SDK retries them (its real backoff; ``Retry-After``
   is honoured) and the caller never notices. With ``"surface": true`` the SDK is told not to retry, and the
@@ -70,7 +73,7 @@ process (an SDK retry of the same request is the same call); ``probability`` rol
 
 ``download`` faults hit the plain HTTP GETs of signed adapter URLs (a call = one file of one URL set; ``times``
 counts its attempts): ``http_<status>`` answers that status, ``connection`` / ``timeout`` close the connection
-without an answer, ``user_error`` / ``server_error`` answer 500.
+without an answer, ``user_error`` / ``server_error`` / ``hang`` answer 500 (downloads have read timeouts).
 
 A worker process enables the fake through the settings ``tinker_fake =
 "tests.fakes.tinker_fake:make_fake_service_client"`` and ``tinker_fake_config = <JSON above>``.
@@ -140,6 +143,7 @@ DEFAULT_SUPPORTED_MODELS = (
 FAULT_OPS = ("create_model", "load_weights", "forward_backward", "forward", "optim_step", "save_state",
              "save_weights_for_sampler", "save_weights_external", "sample", "download", "*")
 _RESULT_KINDS = {"user_error": "user", "server_error": "server"}
+HANG = "hang"  # a result fault: the request is accepted and never answered
 _LATENCY_KEYS = ("create_model", "load", "forward_backward", "forward", "optim_step", "save", "save_state",
                  "save_weights_for_sampler", "save_weights_external", "sample")
 _SAVE_OPS = ("save_state", "save_weights_for_sampler", "save_weights_external")
@@ -168,7 +172,7 @@ class FaultSpec:
     def __post_init__(self) -> None:
         if self.op not in FAULT_OPS:
             raise ValueError(f"fault op must be one of {FAULT_OPS}, got {self.op!r}")
-        if not (self.kind in _RESULT_KINDS or self.kind in ("connection", "timeout") or _http_status(self.kind)):
+        if not (self.is_result or self.kind in ("connection", "timeout") or _http_status(self.kind)):
             raise ValueError(f"unknown fault kind {self.kind!r}")
         if self.when not in ("before", "after"):
             raise ValueError("fault 'when' must be 'before' or 'after'")
@@ -177,7 +181,7 @@ class FaultSpec:
 
     @property
     def is_result(self) -> bool:
-        return self.kind in _RESULT_KINDS
+        return self.kind in _RESULT_KINDS or self.kind == HANG
 
 
 def _http_status(kind: str) -> int | None:
@@ -747,13 +751,17 @@ class FakeTinker:
                     continue
                 await asyncio.sleep(self._latency(req.op))
                 self._execute(req, lambda r=req, m=model: self._run_training_op(m, r))
+                if not req.done.is_set():  # a `hang` fault: this run is stuck for good
+                    await asyncio.Event().wait()
         finally:
             model.worker = None
 
     def _execute(self, req: _Req, run: Any) -> None:
         entry = {"op": req.op, "model_id": req.model_id, "seq_id": req.seq_id, "request_id": req.id,
                  "time": time.monotonic()}
-        if req.result_fault is not None:
+        if req.result_fault is not None and req.result_fault.kind == HANG:
+            entry["hung"] = True  # never finished: its future never resolves
+        elif req.result_fault is not None:
             category = _RESULT_KINDS[req.result_fault.kind]
             req.finish("error", (category, req.result_fault.message or f"injected {req.result_fault.kind}"))
             entry["failed"] = category

@@ -103,7 +103,7 @@ def test_fake_signed_urls_expire_check_signatures_and_inject_download_faults(tmp
 
 def test_a_failed_download_is_transient_and_never_reveals_the_signed_url(tmp_path: Any) -> None:
     from workers.errors import RetryJob
-    from workers.pipelines.training import _download
+    from workers.pipelines.adapter_export import _download
 
     fake = FakeTinker(state_dir=str(tmp_path), faults=[{"op": "download", "kind": "http_503", "at": [1]},
                                                         {"op": "download", "kind": "connection", "at": [2]}])

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from app.db import session_scope
+from app.db import run_statement, session_scope
 from app.models import Job, JobEvent, utcnow
 from app.services import auth, transitions
 from app.services.transitions import LeaseLost
 
 
 @pytest.fixture
-def job_id(backend: dict[str, str]) -> str:
+def job_id(reaper_paused: None) -> str:
     """A queued test job in a fresh team, inserted straight into SQL (no broker involved)."""
     with session_scope() as session:
         team = auth.get_or_create_team(session, f"t-{utcnow().timestamp()}")
@@ -53,7 +54,8 @@ def test_stale_lease_is_taken_over_and_the_old_owner_is_fenced_out(job_id: str) 
     assert old is not None
     _age_heartbeat(job_id, 10)
     new = _claim(job_id, "b")
-    assert new is not None and new.token == old.token + 1 and new.attempt == 2
+    # A lost worker is a preemption: the same attempt resumes.
+    assert new is not None and new.token == old.token + 1 and new.attempt == 1 and new.preemptions == 1
 
     for write in (
         lambda s: transitions.heartbeat(s, job_id, old.token),
@@ -81,30 +83,136 @@ def test_terminal_state_is_recorded_once(job_id: str) -> None:
     assert _claim(job_id, "b") is None
 
 
-def test_reaper_requeues_stale_jobs_then_gives_up_after_max_attempts(job_id: str) -> None:
+def _reap(**options: Any) -> list[tuple[str, str, bool]]:
+    with session_scope() as session:
+        return transitions.reap(session, **{"lease_seconds": 3, "requeue_after_seconds": 60,
+                                            "max_preemptions": 2, **options})
+
+
+def test_reaper_requeues_stale_jobs_without_spending_attempts_then_gives_up_after_max_preemptions(
+    job_id: str,
+) -> None:
     assert _claim(job_id, "a") is not None
     _age_heartbeat(job_id, 10)
+    assert (job_id, "test", True) in _reap()  # a resumed wake-up: it goes before new jobs
     with session_scope() as session:
-        assert (job_id, "test") in transitions.reap(session, lease_seconds=3, requeue_after_seconds=60)
-        assert session.get(Job, job_id).status == "queued"  # type: ignore[union-attr]
-    assert _claim(job_id, "b") is not None  # attempt 2 of 2
-    _age_heartbeat(job_id, 10)
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "queued" and job.preemptions == 1 and job.attempt == 1
+    for owner in ("b", "c"):
+        again = _claim(job_id, owner)
+        assert again is not None and again.attempt == 1  # still attempt 1 of 2
+        _age_heartbeat(job_id, 10)
+        if owner == "b":
+            assert (job_id, "test", True) in _reap()  # the second of max_preemptions=2
+    assert (job_id, "test", True) not in _reap()
     with session_scope() as session:
-        assert (job_id, "test") not in transitions.reap(session, lease_seconds=3, requeue_after_seconds=60)
         job = session.get(Job, job_id)
         assert job is not None and job.status == "failed" and job.error is not None
-        assert job.error["code"] == "worker_lost" and "2 attempts" in job.error["message"]
+        assert job.error["code"] == "too_many_preemptions" and "resume" in job.error["message"]
+        assert job.attempt == 1
     types = [t for _, t, _ in _events(job_id)]
-    assert types == ["queued", "running", "requeued", "running", "failed"]
+    assert types == ["queued", "running", "preempted", "running", "preempted", "running", "failed"]
 
 
-def test_reaper_resends_wakeups_for_unclaimed_jobs(job_id: str) -> None:
+def test_a_heartbeat_that_lands_after_the_reaper_read_the_job_keeps_it(job_id: str) -> None:
+    """The reaper re-checks staleness in its UPDATE: a late heartbeat between its read and its write wins."""
+    claim = _claim(job_id, "a")
+    assert claim is not None
+    _age_heartbeat(job_id, 10)
+
+    class HeartbeatAfterFirstRead:
+        def __init__(self, conn: Any) -> None:
+            self.conn, self.dialect, self.fired = conn, conn.dialect, False
+
+        def execute(self, *args: Any, **kwargs: Any) -> Any:
+            result = self.conn.execute(*args, **kwargs)
+            if self.fired:
+                return result
+            self.fired = True
+            rows = result.all()  # the reaper has read the stale job; now the worker's heartbeat lands
+            run_statement(lambda db: transitions.heartbeat(db, job_id, claim.token))
+            return type("Rows", (), {"all": lambda _self: rows})()
+
+    with session_scope() as session:
+        wakeups = transitions.reap(HeartbeatAfterFirstRead(session.connection()), lease_seconds=3,  # type: ignore[arg-type]
+                                   requeue_after_seconds=60, max_preemptions=5)
+    assert (job_id, "test", True) not in wakeups
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "running" and job.lease_token == claim.token
+    # The worker still owns it and can finish.
+    run_statement(lambda db: transitions.finish(db, job_id, claim.token, "succeeded", result={}))
+
+
+def test_a_retry_waits_for_its_backoff_before_it_can_be_claimed_or_sent(job_id: str) -> None:
+    claim = _claim(job_id, "a")
+    assert claim is not None
+    with session_scope() as session:
+        assert transitions.retry_later(session, job_id, claim.token, {"code": "x"}, delay_seconds=30)
+    assert _claim(job_id, "b") is None  # not due yet
+    assert (job_id, "test", True) not in _reap()
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(not_before=utcnow() - timedelta(seconds=1)))
+    assert (job_id, "test", True) in _reap()
+    again = _claim(job_id, "b")
+    assert again is not None and again.attempt == 2  # the job's own failure spent an attempt
+
+
+def test_hand_back_resumes_the_same_attempt(job_id: str) -> None:
+    claim = _claim(job_id, "a")
+    assert claim is not None
+    with session_scope() as session:
+        assert transitions.hand_back(session, job_id, claim.token, reason="shutdown", max_preemptions=5)
+    again = _claim(job_id, "b")
+    assert again is not None and again.attempt == 1 and again.preemptions == 1
+    events = _events(job_id)
+    assert [t for _, t, _ in events] == ["queued", "running", "preempted", "running"]
+
+
+def test_reaper_resends_wakeups_only_for_kinds_it_is_told_are_lost(job_id: str) -> None:
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow() - timedelta(seconds=120)))
+    assert (job_id, "test", False) not in _reap()  # the broker still holds a wake-up for it
+    assert (job_id, "test", False) in _reap(resend_kinds={"test"})
+    # just re-sent: not again until the grace period passes
+    assert (job_id, "test", False) not in _reap(resend_kinds={"test"})
+    assert (job_id, "test", False) in _reap(resend_all=True)  # the broker restarted: its queues are gone
+
+
+def test_a_ready_pending_job_is_released_even_behind_600_waiting_ones(reaper_paused: None) -> None:
+    now = utcnow()
     with session_scope() as session:
-        assert (job_id, "test") in transitions.reap(session, lease_seconds=3, requeue_after_seconds=60)
-    with session_scope() as session:  # just re-sent: not again until the grace period passes
-        assert (job_id, "test") not in transitions.reap(session, lease_seconds=3, requeue_after_seconds=60)
+        team = auth.get_or_create_team(session, f"t-{now.timestamp()}")
+        blocker = Job(team_id=team.id, kind="test", status="running", spec={}, event_seq=0)
+        done = Job(team_id=team.id, kind="test", status="succeeded", spec={}, event_seq=0)
+        session.add_all([blocker, done])
+        session.flush()
+        waiting = [Job(team_id=team.id, kind="test", status="pending", spec={}, event_seq=0,
+                       depends_on=[blocker.id]) for _ in range(600)]
+        session.add_all(waiting)
+        session.flush()
+        ready = Job(team_id=team.id, kind="test", status="pending", spec={}, event_seq=0, depends_on=[done.id])
+        session.add(ready)
+        session.flush()
+        for job in [*waiting, ready]:
+            transitions.add_dependencies(session, job.id, job.depends_on)
+        ready_id = ready.id
+    released = _reap()
+    assert (ready_id, "test", False) in released
+    with session_scope() as session:
+        statuses = session.execute(select(Job.status).where(Job.id.in_([j.id for j in waiting]))).scalars().all()
+        assert set(statuses) == {"pending"}
+
+
+def test_one_reaper_at_a_time(reaper_paused: None) -> None:
+    """While one holds the reaper lock (here the test itself), no other reaper runs a pass."""
+    from app.services.reaper import Reaper, take_reaper_lock
+
+    with session_scope() as session:
+        assert not take_reaper_lock(session, "another process", ttl_seconds=30)
+    from app.settings import get_settings
+
+    assert Reaper(get_settings()).run_pass() == 0
 
 
 def test_cancel_of_a_queued_job_is_immediate_and_final(job_id: str) -> None:

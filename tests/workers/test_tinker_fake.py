@@ -35,9 +35,11 @@ from workers.clients.tinker import (
     lr_for,
     make_service_client,
     mean_loss,
+    open_client,
+    result_of,
     use_fake,
 )
-from workers.errors import JobFailed
+from workers.errors import JobCancelled, JobFailed, RetryJob
 
 BASE = "Qwen/Qwen3-8B"
 REPO = Path(__file__).resolve().parents[2]
@@ -442,6 +444,69 @@ def test_faults_by_probability_are_deterministic(tmp_path: Path) -> None:
 
     first = failed_steps(tmp_path / "a")
     assert first == failed_steps(tmp_path / "b") and 0 < len(first) < 8
+
+
+def test_hang_fault_never_answers_and_sticks_the_run(tmp_path: Path) -> None:
+    fake = FakeTinker(state_dir=tmp_path, poll_wait=0.1,
+                      faults=[{"op": "forward_backward", "kind": "hang", "at": [2]}])
+    training = fake.service_client().create_lora_training_client(base_model=BASE).result(timeout=30)
+    batches = _batches(2)
+    _train(training, batches[:1])
+    path = training.save_state("before").result(timeout=30).path
+    fb = training.forward_backward(batches[1], "cross_entropy")
+    op = training.optim_step(_adam())
+    with pytest.raises(TimeoutError):  # a bound on a future that never resolves, not a timing assertion
+        fb.result(timeout=1)
+    with pytest.raises(TimeoutError):  # queued behind it on the stuck run
+        op.result(timeout=0.5)
+    for pending in (fb, op):  # stop the SDK polling them for the rest of the session
+        pending.future().cancel()
+    assert [f["kind"] for f in fake.faults_injected] == ["hang"]
+    assert [c for c in fake.calls if c.get("hung")][0]["op"] == "forward_backward"
+    resumed = fake.service_client().create_training_client_from_state_with_optimizer(path).result(timeout=30)
+    _train(resumed, batches[1:])  # a new run from the checkpoint is not stuck
+    assert fake.applied_fingerprints(resumed.model_id) == [batch_fingerprint(b) for b in batches]
+
+
+class _Waits:
+    """A stand-in for the job context's `wait`: records what was waited on."""
+
+    def __init__(self, stop: Exception | None = None) -> None:
+        self.stop, self.waited = stop, []
+
+    def wait(self, future: Any, what: str) -> Any:
+        self.waited.append(what)
+        if self.stop is not None:
+            raise self.stop
+        return future.result(timeout=30)
+
+
+def test_result_of_waits_through_the_context_and_classifies_failures(tmp_path: Path) -> None:
+    fake = FakeTinker(state_dir=tmp_path, faults=[
+        {"op": "forward_backward", "kind": "user_error", "at": [2]},
+        {"op": "forward_backward", "kind": "server_error", "at": [3]},
+        {"op": "forward_backward", "kind": "hang", "at": [4]},
+    ])
+    ctx = _Waits()
+    training = open_client(lambda: fake.service_client().create_lora_training_client(base_model=BASE), ctx,
+                           "create_lora_training_client")
+    assert isinstance(training, tinker.TrainingClient)
+    batch = _batches(1)[0]
+    out = result_of(training.forward_backward(batch, "cross_entropy"), ctx, "forward_backward step 1")
+    assert mean_loss(out, batch) > 0
+    with pytest.raises(JobFailed) as rejected:
+        result_of(training.forward_backward(batch, "cross_entropy"), ctx, "forward_backward step 2")
+    assert rejected.value.code == "tinker_rejected" and "forward_backward step 2" in rejected.value.message
+    with pytest.raises(RetryJob) as unavailable:
+        result_of(training.forward_backward(batch, "cross_entropy"), ctx, "forward_backward step 3")
+    assert unavailable.value.code == "tinker_unavailable" and "forward_backward step 3" in unavailable.value.message
+    assert ctx.waited == ["create_lora_training_client"] * 2 + [f"forward_backward step {n}" for n in (1, 2, 3)]
+    # How the job ends (a cancel, a shutdown, a lost lease) passes through unclassified, and the SDK stops
+    # polling for the result nobody will read.
+    hung = training.forward_backward(batch, "cross_entropy")  # fake call 4: hangs
+    with pytest.raises(JobCancelled):
+        result_of(hung, _Waits(JobCancelled()), "forward_backward step 4")
+    assert hung.future().cancelled()
 
 
 # ---- sampling ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The one place Tinker clients come from (DESIGN.md §6), plus the pure helpers a training loop needs.
+"""The one place Tinker clients come from (docs/tinker-sdk-notes.md), plus the pure helpers a training loop needs.
 
 ``make_service_client(settings)`` builds a ``tinker.ServiceClient``. Call it inside the task that uses it,
 never at import time: the SDK runs all its I/O on one process-global event-loop thread, and that thread does
@@ -14,6 +14,10 @@ Test seam, and the only override mechanism:
   called with the parsed object (or ``None``) and must return the client, e.g.
   ``tests.fakes.tinker_fake:make_fake_service_client``.
 
+Waits: every SDK future is awaited with ``result_of(future, ctx, what)``, which goes through the job context's
+``wait`` (bounded by the job's stall limit, interrupted by a cancel, a shutdown or a lost lease) and classifies
+the call's own failure (``classify_error``). No retries here: the SDK retries for minutes by itself.
+
 The API key is never logged, never put in an exception message, never in a repr.
 """
 
@@ -28,27 +32,35 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import httpx
 import tinker
 from tinker import types
 
-from workers.errors import JobFailed, RetryJob
+from app.db import DatabaseUnavailable
+from app.services.transitions import LeaseLost
+from workers.errors import JobCancelled, JobFailed, Preempted, RetryJob
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = [
     "TinkerNotConfigured",
+    "Waiter",
     "classify_error",
     "datum_from",
     "hidden_size_for",
+    "in_thread",
     "is_transient",
     "is_user_error",
     "lr_for",
     "make_service_client",
     "mean_loss",
+    "open_client",
+    "result_of",
     "use_fake",
 ]
 
@@ -362,18 +374,65 @@ def lr_for(base_model: str) -> float:
     return _BASE_LR * _LORA_MULTIPLIER * (2000.0 / hidden) ** exponent
 
 
-def result_of(future: Any) -> Any:
-    """Wait for an SDK future; turn its failure into how the job should end."""
+class Waiter(Protocol):
+    """What ``result_of`` waits through: ``workers.lease.JobContext`` (bounded by the job's stall limit, stopped
+    by a cancel, a shutdown or a lost lease)."""
+
+    def wait(self, future: Any, what: str) -> Any: ...
+
+
+# How the job ends, not how the call failed: never classified as a Tinker error.
+_CONTROL = (JobCancelled, Preempted, LeaseLost, DatabaseUnavailable)
+
+
+def result_of(future: Any, ctx: Waiter, what: str) -> Any:
+    """Wait for an SDK future through ``ctx.wait`` (``what`` names the call, e.g. ``"forward_backward step 12"``:
+    a stalled job says what it waited on); turn the call's failure into how the job should end."""
     try:
-        return future.result()
+        return ctx.wait(future, what)
+    except _CONTROL:
+        _abandon(future)
+        raise
     except Exception as exc:
         kind = classify_error(exc)
         message = str(exc)[:500] or type(exc).__name__
         if kind == "user":
-            raise JobFailed("tinker_rejected", f"Tinker rejected the request: {message}") from None
+            raise JobFailed("tinker_rejected", f"Tinker rejected {what}: {message}") from None
         if kind == "transient":
             raise RetryJob("tinker_unavailable",
-                           f"Tinker was unavailable ({type(exc).__name__}: {message}); the job will be retried "
-                           "(training resumes from its last checkpoint).") from None
-        raise JobFailed("tinker_error", f"Tinker refused the job ({type(exc).__name__}: {message}). Check "
+                           f"Tinker was unavailable during {what} ({type(exc).__name__}: {message}); the job will "
+                           "be retried (training resumes from its last checkpoint).") from None
+        raise JobFailed("tinker_error", f"Tinker refused {what} ({type(exc).__name__}: {message}). Check "
                         "TINKER_API_KEY and the account.", user_error=False) from None
+
+
+def _abandon(future: Any) -> None:
+    """The job ended while waiting: stop the SDK polling for a result nobody will read (a call that never
+    answers would otherwise be polled for as long as the process lives)."""
+    getter = getattr(future, "future", None)  # an SDK future's underlying concurrent future
+    with contextlib.suppress(Exception):
+        (getter() if callable(getter) else future).cancel()
+
+
+def in_thread(call: Callable[[], T]) -> Future[T]:
+    """Run a blocking SDK call (one that does I/O before it returns a future: the first ``create_*`` call of a
+    ``ServiceClient`` opens its session synchronously) on a daemon thread, so that waiting for it goes through
+    ``result_of`` like any other wait. A call that never returns leaves only its thread behind."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # handed to the waiter, which classifies it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="tinker-call", daemon=True).start()
+    return future
+
+
+def open_client(create: Callable[[], Any], ctx: Waiter, what: str) -> Any:
+    """The client from a ``ServiceClient.create_*`` call (which returns a future of it, after opening the
+    session on its first use): both the call and its future are waited on through ``ctx``."""
+    return result_of(result_of(in_thread(create), ctx, what), ctx, what)

@@ -1,4 +1,4 @@
-"""Dataset jobs: rows from a source → ChatML → validated, cleaned, split → JSONL artifacts (DESIGN.md §4).
+"""Dataset jobs: rows from a source → ChatML → validated, cleaned, split → JSONL artifacts (docs/architecture.md, "Pipelines and resumability").
 
 Memory stays flat as rows grow: kept rows are streamed to a staging file; only their offsets, row numbers,
 token counts and 8-byte dedupe hashes stay in memory (32 bytes a row, in arrays). A re-run (redelivery) starts over and replaces its outputs
@@ -251,7 +251,7 @@ def _write_splits(spec: DatasetSpec, ctx: JobContext, staging_path: Path, kept: 
         for name, idx in (("train", train_idx), ("validation", val_idx)):
             if len(idx) == 0:
                 continue
-            writer = artifacts_service.AtomicWriter(f"{ctx.team_id}/{ctx.job_id}/{name}.jsonl")
+            writer = ctx.artifact_writer(f"{name}.jsonl")
             try:
                 for i in idx:
                     staging.seek(offsets[int(i)])

@@ -2,11 +2,20 @@
 
 For each model: the mean loss per scored token (the same assistant-token weights training uses, from Tinker's
 prompt logprobs), and a reply sampled for the first `samples` conversations. The replies, next to the
-reference, go to one JSONL artifact. A retried job starts over: scoring is read-only and cheap next to training.
+reference, go to one JSONL artifact.
+
+Every wait on Tinker goes through the job context (`result_of(future, ctx, what)`): bounded by the job's stall
+limit, naming the call it waits on, interrupted by a cancel, a shutdown or a lost lease. Scoring reports progress
+at least once a second, so only a call that never answers counts as a stall.
+
+A re-run (a retry, a preemption, or `POST /v1/jobs/{id}/resume` of a failed or cancelled evaluation) starts over:
+scoring is read-only and cheap next to training, so nothing is kept between runs. Each run writes its samples
+under its own attempt folder; publishing them replaces what an earlier run registered.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
@@ -19,11 +28,9 @@ from tinker import types
 from app.chat import get_tokenizer, render, render_prompt
 from app.chat.render import Rendered
 from app.chat.tokenizer import IM_END
-from app.db import session_scope
 from app.schemas.evaluation import EvaluationSpec
-from app.services import artifacts as artifacts_service
 from app.services import training as training_service
-from workers.clients.tinker import make_service_client, result_of
+from workers.clients.tinker import make_service_client, open_client, result_of
 from workers.errors import JobFailed
 from workers.lease import JobContext
 from workers.pipelines.training import load_conversations
@@ -34,8 +41,8 @@ PROGRESS_SECONDS = 1.0
 
 def _models(spec: EvaluationSpec, ctx: JobContext) -> list[tuple[str, str | None]]:
     """(label, sampler path) per model to evaluate; the base model has no path."""
-    models: list[tuple[str, str | None]] = [("base", None)] if spec.include_base else []
-    with session_scope() as session:
+    def read(session: Any) -> list[tuple[str, str | None]]:
+        models: list[tuple[str, str | None]] = [("base", None)] if spec.include_base else []
         for ref in spec.checkpoints:
             models.append((ref, training_service.resolve_checkpoint(session, team_id=ctx.team_id, ref=ref)))
         if spec.training_job is not None:
@@ -46,7 +53,9 @@ def _models(spec: EvaluationSpec, ctx: JobContext) -> list[tuple[str, str | None
                                 f"Training job {spec.training_job} has no sampler weights yet (it saves them when it "
                                 "succeeds). Submit the evaluation with depends_on=[that job].")
             models.append((spec.training_job, final.uri))
-    return models
+        return models
+
+    return ctx.read(read)
 
 
 def _examples(spec: EvaluationSpec, rows: list[list[dict[str, Any]]]) -> tuple[list[int], list[Rendered]]:
@@ -78,7 +87,8 @@ def _score(client: Any, rendered: list[Rendered], ctx: JobContext, label: str, d
             break
         oldest, future = window.popleft()
         weights = np.asarray(oldest.weights[1:], dtype=np.float64)  # position 0 has no logprob
-        nll -= float(weights @ np.asarray(result_of(future)[1:], dtype=np.float64))
+        logprobs = result_of(future, ctx, f"compute_logprobs ({label}, conversation {scored + 1}/{len(rendered)})")
+        nll -= float(weights @ np.asarray(logprobs[1:], dtype=np.float64))
         weight += float(weights.sum())
         scored += 1
         if time.monotonic() >= next_report or scored == len(rendered):  # a SQL write stalls the window
@@ -87,6 +97,12 @@ def _score(client: Any, rendered: list[Rendered], ctx: JobContext, label: str, d
     mean = nll / weight
     return {"mean_loss": round(mean, 6), "perplexity": round(math.exp(min(mean, 50.0)), 4),
             "scored_tokens": int(weight)}
+
+
+def _sampling_client(service: Any, spec: EvaluationSpec, path: str | None) -> Any:
+    if path:
+        return service.create_sampling_client(model_path=path)
+    return service.create_sampling_client(base_model=spec.base_model)
 
 
 def _split_last_reply(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
@@ -111,12 +127,14 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     replies: dict[str, list[str]] = {}
     for n, (label, path) in enumerate(models):
         ctx.check()
-        client = result_of(service.create_sampling_client(model_path=path) if path
-                           else service.create_sampling_client(base_model=spec.base_model))
+        client = open_client(functools.partial(_sampling_client, service, spec, path), ctx,
+                             f"create_sampling_client ({label})")
         sample_futures = [client.sample(types.ModelInput.from_ints(prompt), 1, params) for prompt in prompts]
         score = _score(client, rendered, ctx, label, n * len(rendered), total)
-        replies[label] = [tokenizer.decode([t for t in result_of(f).sequences[0].tokens if t != IM_END])
-                          for f in sample_futures]
+        replies[label] = [
+            tokenizer.decode([t for t in result_of(f, ctx, f"sample ({label}, reply {k + 1}/{len(sample_futures)})")
+                              .sequences[0].tokens if t != IM_END])
+            for k, f in enumerate(sample_futures)]
         scores.append({"label": label, "model_path": path, **score})
         ctx.event("model_scored", {"label": label, **score})
 
@@ -124,7 +142,7 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     if base is not None:
         for s in scores:
             s["loss_vs_base"] = round(s["mean_loss"] - base["mean_loss"], 6)
-    writer = artifacts_service.AtomicWriter(f"{ctx.team_id}/{ctx.job_id}/samples.jsonl")
+    writer = ctx.artifact_writer("samples.jsonl")
     try:
         for k, (row, context, reference) in enumerate(sampled):
             writer.write(orjson.dumps({"row": row, "messages": context, "reference": reference,

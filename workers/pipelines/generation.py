@@ -1,4 +1,4 @@
-"""Generation jobs: synthetic dialogues from an OpenAI-compatible chat API (DESIGN.md §4).
+"""Generation jobs: synthetic dialogues from an OpenAI-compatible chat API (docs/architecture.md, "Pipelines and resumability").
 
 One `generation_item` row per item. Items are called concurrently on one event loop, paced by the rate
 limiter; finished items are group-committed (each commit is a fenced write that also renews the lease)
@@ -122,7 +122,7 @@ async def _generate(spec: GenerationSpec, resolved: dict[str, Any], rows: list[d
     stop = asyncio.Event()
 
     def should_stop() -> bool:
-        if ctx.cancel_requested.is_set() or ctx.lease_lost.is_set():
+        if ctx.stop_requested:  # cancel, worker shutdown, or the lease is gone
             state.stop_reason = state.stop_reason or "cancelled"
             stop.set()
         elif spec.max_cost_usd is not None and state.spent >= spec.max_cost_usd:
@@ -172,22 +172,35 @@ async def _generate(spec: GenerationSpec, resolved: dict[str, Any], rows: list[d
         workers = [asyncio.create_task(worker(client)) for _ in range(min(spec.concurrency, len(pending)))]
         writer_task = asyncio.create_task(writer.run())
         stopper: asyncio.Task[Any] = asyncio.create_task(stop.wait())
-        watch: set[asyncio.Task[Any]] = {*workers, stopper}
-        while watch - {stopper}:
-            done, watch = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
-            if stopper in done and state.stop_reason != "budget":
-                # Cancelled, a fatal provider error, or the lease is gone: no further calls, at once.
-                for task in watch:
-                    task.cancel()
-                await asyncio.gather(*watch, return_exceptions=True)
-                break
-            for task in done - {stopper}:
-                exc = task.exception()
-                if exc is not None and not isinstance(exc, OpenRouterError):
-                    raise exc
-        stopper.cancel()
-        writer_task.cancel()
+        # A cancel or a shutdown must interrupt calls in flight too, not wait for the next item.
+        watcher = asyncio.create_task(_watch(should_stop))
+        watch: set[asyncio.Task[Any]] = {*workers, stopper, writer_task}
+        ctx.waiting_on = f"{spec.model} replies from {settings.openrouter_base_url}"
+        try:
+            while watch - {stopper, writer_task}:
+                done, watch = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+                if writer_task in done:
+                    # The writer never ends on its own: a crash (say, the database stayed away) ends the
+                    # pipeline instead of leaving every item waiting on a write that will not come.
+                    raise writer_task.exception() or RuntimeError("the item writer stopped")
+                if stopper in done and state.stop_reason != "budget":
+                    # Cancelled, a fatal provider error, or the lease is gone: no further calls, at once.
+                    break
+                for task in done - {stopper}:
+                    exc = task.exception()
+                    if exc is not None and not isinstance(exc, OpenRouterError):
+                        raise exc
+        finally:
+            ctx.waiting_on = None
+            for task in (*watch, watcher):
+                task.cancel()
+            await asyncio.gather(*watch, watcher, return_exceptions=True)
     await asyncio.to_thread(_flush, ctx, state, [], True)
+
+
+async def _watch(should_stop: Any) -> None:
+    while not should_stop():
+        await asyncio.sleep(0.25)
 
 
 class GroupWriter:
@@ -220,6 +233,11 @@ class GroupWriter:
                 for _, done in batch:
                     done.set_exception(exc)
                 continue
+            except BaseException as exc:  # the pipeline sees this task end and stops
+                for _, done in [*batch, *self.queue]:
+                    if not done.done():
+                        done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("writer stopped"))
+                raise
             if milestone:
                 self.last_event = time.monotonic()
             for _, done in batch:
@@ -234,12 +252,12 @@ def _flush(ctx: JobContext, state: Run, results: list[dict[str, Any]], event: bo
     progress = {"done": done, "total": state.total, "unit": "items", "failed": state.failed_now,
                 "cost_usd": round(state.spent, 6),
                 "eta_seconds": round((state.total - done) / rate, 1) if rate else None}
-    with ctx.fenced({"progress": progress}, [("progress", progress)] if event else None) as session:
-        generation_service.record(session, ctx.job_id, results)
+    ctx.write(lambda session: generation_service.record(session, ctx.job_id, results), {"progress": progress},
+              [("progress", progress)] if event else None)
 
 
 def _write_output(spec: GenerationSpec, ctx: JobContext, state: Run) -> dict[str, Any]:
-    writer = artifacts_service.AtomicWriter(f"{ctx.team_id}/{ctx.job_id}/generated.jsonl")
+    writer = ctx.artifact_writer("generated.jsonl")
     seen: set[bytes] = set()
     rows = duplicates = 0
     try:

@@ -1,49 +1,80 @@
-"""Training jobs: LoRA supervised fine-tuning of Qwen3 through Tinker (DESIGN.md §4).
+"""Training jobs: LoRA SFT of Qwen3 through Tinker (docs/architecture.md, "Pipelines and resumability").
 
 The loop submits `forward_backward` and `optim_step` back to back, then renders the next batch while the
 service works, and only then waits; as soon as a step's results are in, the next step is submitted and the
-bookkeeping of the finished one runs while the service works. Checkpoints (`save_state`) record the exact `next_step`; a re-run
-resumes from the newest one with `create_training_client_from_state_with_optimizer`, and the batch for any
-step is a pure function of (seed, step), so no batch is applied twice in the final lineage.
+bookkeeping of the finished one runs while the service works. Every wait goes through the job context
+(`result_of(future, ctx, what)`): it is bounded by the job's stall limit and names the call it waits on, and a
+cancel, a shutdown or a lost lease interrupts it.
 
-With `export_adapter`, the final LoRA weights are also exported (`save_weights_external`), their signed URLs
-fetched (`RestClient.get_external_weights_urls`) and each file downloaded into the artifact store as an
-`adapter` artifact.
+Checkpoints (`save_state`) record the exact `next_step`; a re-run (a preemption, a retry, or `POST .../resume`
+of a failed or cancelled job) resumes from the newest one with `create_training_client_from_state_with_optimizer`,
+and the batch and learning rate of any step are pure functions of (plan, step), so the step count and the LR
+schedule continue where they were and no batch is applied twice in the final lineage.
+
+The plan (examples, steps, batch size, LR and its schedule, the data's sha256, the renderer version, the batch
+order) is computed from the spec, the data and the code of the moment, so each state checkpoint pins the plan
+it was trained under (in its `data`). A resume recomputes the plan and fails with `plan_changed` when it differs,
+instead of silently training other batches after the ones already applied.
+
+When the worker asks the job to stop (a cancel, or a shutdown: `ctx.stop_requested`), the step in flight
+finishes, a checkpoint is saved and recorded at that step, and `ctx.check()` ends the run: cancelled, or handed
+back to resume elsewhere without spending an attempt.
+
+With `export_adapter`, the final LoRA weights are also exported (workers/pipelines/adapter_export.py).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import math
 import time
-import warnings
-from concurrent.futures import Future
-from dataclasses import dataclass
-from pathlib import PurePosixPath
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
 import numpy as np
 from tinker import types
 
-from app.chat import count_batch, render
-from app.db import session_scope
+from app.chat import RENDERER_VERSION, count_batch, render
 from app.schemas.training import TrainingSpec
 from app.services import artifacts as artifacts_service
 from app.services import training as training_service
-from workers.clients.tinker import datum_from, lr_for, make_service_client, result_of
-from workers.errors import JobFailed, RetryJob
+from workers.clients.tinker import datum_from, lr_for, make_service_client, open_client, result_of
+from workers.errors import JobFailed, Preempted
 from workers.lease import JobContext
+from workers.pipelines.adapter_export import export_adapter
 
 EVENT_SECONDS = 5.0
 DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0, pool=10.0)
 DOWNLOAD_CHUNK = 1 << 20
+# The algorithm of `batch_rows`; change it whenever that function's output changes (it is part of the plan).
+BATCH_ORDER = "numpy.default_rng(seed+epoch).permutation/1"
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Dataset:
+    rows: list[list[dict[str, Any]]]
+    sha256: str | None
+
+
+def load_dataset(ctx: JobContext, artifact_id: str) -> Dataset:
+    path, meta = ctx.read(lambda session: artifacts_service.path_of(session, team_id=ctx.team_id,
+                                                                    artifact_id=artifact_id))
+    return Dataset([row["messages"] for row in artifacts_service.iter_jsonl_rows(path)], meta.get("sha256"))
+
+
+def load_conversations(ctx: JobContext, artifact_id: str) -> list[list[dict[str, Any]]]:
+    return load_dataset(ctx, artifact_id).rows
+
+
+@dataclass(frozen=True)
 class Plan:
+    """Everything that decides which batch and which learning rate each step gets. Pinned in checkpoints."""
+
     examples: int
     dropped_too_long: int
     steps_per_epoch: int
@@ -52,15 +83,18 @@ class Plan:
     trained_tokens_per_epoch: int
     tokens_per_epoch: int
     learning_rate: float
+    lr_schedule: str
+    warmup_steps: int
+    seed: int
+    train_sha256: str | None
+    validation_sha256: str | None
+    validation_examples: int
+    renderer_version: int
+    batch_order: str
+    order_sha256: str  # of epoch 0's row order: catches a change of the shuffling library too
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def load_conversations(ctx: JobContext, artifact_id: str) -> list[list[dict[str, Any]]]:
-    with session_scope() as session:
-        path, _ = artifacts_service.path_of(session, team_id=ctx.team_id, artifact_id=artifact_id)
-    return [row["messages"] for row in artifacts_service.iter_jsonl_rows(path)]
+        return asdict(self)
 
 
 def _fit(spec: TrainingSpec, rows: list[list[dict[str, Any]]], what: str) -> tuple[list[Any], list[tuple[int, int]]]:
@@ -75,22 +109,56 @@ def _fit(spec: TrainingSpec, rows: list[list[dict[str, Any]]], what: str) -> tup
     return [r for r, _ in kept], [c for _, c in kept]
 
 
-def make_plan(spec: TrainingSpec, counts: list[tuple[int, int]], dropped: int) -> Plan:
+def _epoch_order(seed: int, epoch: int, examples: int) -> np.ndarray:
+    return np.random.default_rng(seed + epoch).permutation(examples)
+
+
+def make_plan(spec: TrainingSpec, counts: list[tuple[int, int]], dropped: int, *, train_sha256: str | None = None,
+              validation_sha256: str | None = None, validation_examples: int = 0) -> Plan:
     n = len(counts)
     per_epoch = max(1, n // spec.batch_size)
     total = per_epoch * (spec.epochs or 1)
     if spec.max_steps is not None:
         total = spec.max_steps if spec.epochs is None else min(total, spec.max_steps)
+    order = np.ascontiguousarray(_epoch_order(spec.seed, 0, n), dtype="<i8")
     return Plan(examples=n, dropped_too_long=dropped, steps_per_epoch=per_epoch, total_steps=total,
                 batch_size=min(spec.batch_size, n), trained_tokens_per_epoch=sum(c[1] for c in counts),
                 tokens_per_epoch=sum(c[0] for c in counts),
-                learning_rate=spec.learning_rate or lr_for(spec.base_model))
+                learning_rate=spec.learning_rate or lr_for(spec.base_model), lr_schedule=spec.lr_schedule,
+                warmup_steps=spec.warmup_steps, seed=spec.seed, train_sha256=train_sha256,
+                validation_sha256=validation_sha256, validation_examples=validation_examples,
+                renderer_version=RENDERER_VERSION, batch_order=BATCH_ORDER,
+                order_sha256=hashlib.sha256(order.tobytes()).hexdigest())
+
+
+def check_plan(plan: Plan, checkpoint: Any) -> None:
+    """Refuse to resume from `checkpoint` when the plan it was trained under differs from `plan` (the same
+    spec, with today's data and code): the steps after it would not be the run's own."""
+    pinned = (checkpoint.data or {}).get("plan")
+    if pinned is None:  # a checkpoint written before plans were pinned: nothing to compare
+        log.warning("checkpoint %s pins no plan; resuming without checking it", checkpoint.id)
+        return
+    now = plan.as_dict()
+    # The keys both know: a plan field added by a later deploy cannot be checked against older checkpoints, and
+    # must not fail every run that was in flight.
+    changed = {key: {"pinned": pinned[key], "now": now[key]}
+               for key in sorted(set(pinned) & set(now)) if pinned[key] != now[key]}
+    if not changed:
+        return
+    listed = ", ".join(f"{key} {c['pinned']!r} → {c['now']!r}" for key, c in changed.items())
+    raise JobFailed(
+        "plan_changed",
+        f"This run cannot continue as the same run: its training plan changed since its checkpoint at step "
+        f"{checkpoint.step} ({listed}), so the remaining steps would train on other batches than planned. Submit "
+        f"a new training job to train under the new plan; to keep the weights trained so far, submit it with "
+        f"from_checkpoint=\"{checkpoint.id}\" (it starts its own step count and LR schedule).",
+        user_error=False, details={"changed": changed, "checkpoint": checkpoint.id, "step": checkpoint.step})
 
 
 def batch_rows(spec: TrainingSpec, plan: Plan, step: int) -> np.ndarray:
     """Row indices of `step`: epoch e uses permutation(seed + e), cut into consecutive batches."""
     epoch, index = divmod(step, plan.steps_per_epoch)
-    order = np.random.default_rng(spec.seed + epoch).permutation(plan.examples)
+    order = _epoch_order(spec.seed, epoch, plan.examples)
     return order[index * plan.batch_size:(index + 1) * plan.batch_size]
 
 
@@ -126,51 +194,65 @@ def _datums(spec: TrainingSpec, rows: list[Any], indices: Any) -> Batch:
 
 def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     spec = TrainingSpec.model_validate(spec_dict)
-    all_rows = load_conversations(ctx, spec.train_artifact)
-    rows, counts = _fit(spec, all_rows, "training")
-    plan = make_plan(spec, counts, len(all_rows) - len(rows))
-    val: list[Batch] = []
+    train = load_dataset(ctx, spec.train_artifact)
+    rows, counts = _fit(spec, train.rows, "training")
+    val_rows: list[Any] = []
+    validation = None
     if spec.validation_artifact:
-        val_rows, _ = _fit(spec, load_conversations(ctx, spec.validation_artifact), "validation")
-        val = [_datums(spec, val_rows, range(i, min(i + plan.batch_size, len(val_rows))))
-               for i in range(0, len(val_rows), plan.batch_size)]
+        validation = load_dataset(ctx, spec.validation_artifact)
+        val_rows, _ = _fit(spec, validation.rows, "validation")
+    plan = make_plan(spec, counts, len(train.rows) - len(rows), train_sha256=train.sha256,
+                     validation_sha256=validation.sha256 if validation else None, validation_examples=len(val_rows))
+
+    def checkpoints(session: Any) -> tuple[Any, str | None]:
+        start_from = (training_service.resolve_checkpoint(session, team_id=ctx.team_id, ref=spec.from_checkpoint)
+                      if spec.from_checkpoint else None)
+        return training_service.latest_checkpoint(session, ctx.job_id), start_from
+
+    resume, start_from = ctx.read(checkpoints)
+    if resume is not None:
+        check_plan(plan, resume)
+    val = [_datums(spec, val_rows, range(i, min(i + plan.batch_size, len(val_rows))))
+           for i in range(0, len(val_rows), plan.batch_size)]
     ctx.update({"result": {"plan": plan.as_dict()}}, [("plan", plan.as_dict())])
 
     service = make_service_client(ctx.settings)
-    with session_scope() as session:
-        resume = training_service.latest_checkpoint(session, ctx.job_id)
-        start_from = (training_service.resolve_checkpoint(session, team_id=ctx.team_id, ref=spec.from_checkpoint)
-                      if spec.from_checkpoint else None)
     if resume is not None:
-        client = result_of(service.create_training_client_from_state_with_optimizer(resume.uri))
+        client = open_client(lambda: service.create_training_client_from_state_with_optimizer(resume.uri), ctx,
+                             f"loading checkpoint {resume.id} (step {resume.next_step})")
         start = resume.next_step
-        with ctx.fenced(events=[("resumed", {"from_step": start, "checkpoint": resume.id})]) as session:
-            training_service.forget_metrics_from(session, ctx.job_id, start + 1)  # metric k = after k steps
+        # metric k = after k steps: the steps after the checkpoint are redone
+        ctx.write(lambda session: training_service.forget_metrics_from(session, ctx.job_id, start + 1),
+                  events=[("resumed", {"from_step": start, "checkpoint": resume.id})])
     elif start_from is not None:
-        client = result_of(service.create_training_client_from_state(start_from))
+        client = open_client(lambda: service.create_training_client_from_state(start_from), ctx,
+                             "loading spec.from_checkpoint")
         start = 0
     else:
-        client = result_of(service.create_lora_training_client(base_model=spec.base_model, rank=spec.rank,
-                                                           seed=spec.seed))
+        client = open_client(lambda: service.create_lora_training_client(base_model=spec.base_model,
+                                                                         rank=spec.rank, seed=spec.seed),
+                             ctx, "create_lora_training_client")
         start = 0
     result = _train(spec, plan, rows, val, client, start, ctx)
     if spec.export_adapter:
-        result.update(_export_adapter(service, client, ctx, plan))
+        result.update(export_adapter(service, client, ctx, plan.total_steps))
     return result
 
 
 def _save(client: Any, ctx: JobContext, plan: Plan, step: int, reason: str) -> str:
-    path = result_of(client.save_state(f"step-{step:06d}")).path
+    path = result_of(client.save_state(f"step-{step:06d}"), ctx, f"save_state after step {step}").path
     _record_checkpoint(ctx, plan, step, path, reason)
     return path
 
 
 def _record_checkpoint(ctx: JobContext, plan: Plan, step: int, path: str, reason: str) -> None:
-    """A resumable checkpoint after `step` steps: the path exactly as Tinker returned it."""
+    """A resumable checkpoint after `step` steps: the path exactly as Tinker returned it, and the plan it was
+    trained under (each checkpoint pins it, so the one a resume starts from can be checked on its own)."""
     epoch, index = divmod(step, plan.steps_per_epoch)
-    with ctx.fenced(events=[("checkpoint", {"step": step, "path": path, "reason": reason})]) as session:
-        training_service.add_checkpoint(session, job_id=ctx.job_id, step=step, kind="state", uri=path,
-                                        next_step=step, data={"epoch": epoch, "batch": index, "reason": reason})
+    ctx.write(lambda session: training_service.add_checkpoint(
+        session, job_id=ctx.job_id, step=step, kind="state", uri=path, next_step=step,
+        data={"epoch": epoch, "batch": index, "reason": reason, "plan": plan.as_dict()}),
+        events=[("checkpoint", {"step": step, "path": path, "reason": reason})])
 
 
 @dataclass
@@ -187,17 +269,33 @@ def _validation_futures(client: Any, batches: list[Batch]) -> list[Any]:
     return [client.forward(b.datums, "cross_entropy") for b in batches]
 
 
-def _validation_loss(futures: list[Any], batches: list[Batch]) -> float:
-    loss = sum(float(result_of(f).metrics["loss:sum"]) for f in futures)
+def _validation_loss(futures: list[Any], batches: list[Batch], ctx: JobContext, step: int) -> float:
+    """Mean validation loss per trained token. A long validation reports progress as its batches come in, so
+    that only a single call that never answers counts as a stall, not an honest long validation."""
+    loss, touched = 0.0, time.monotonic()
+    for i, future in enumerate(futures):
+        out = result_of(future, ctx, f"validation forward {i + 1}/{len(futures)} after step {step}")
+        loss += float(out.metrics["loss:sum"])
+        if time.monotonic() - touched >= ctx.progress_interval:
+            ctx.write()
+            touched = time.monotonic()
     weights = sum(b.trained for b in batches)
     return loss / weights if weights else math.nan
+
+
+def _stop_reason(ctx: JobContext) -> str:
+    """Why the run stops (after `ctx.stop_requested`): the reason recorded with its last checkpoint."""
+    if ctx.lease_lost.is_set():
+        ctx.check()  # LeaseLost: nothing more can be recorded
+    return "cancelled" if ctx.cancel_requested.is_set() else "shutdown"
 
 
 def _train(spec: TrainingSpec, plan: Plan, rows: list[Any], val: list[Batch], client: Any, start: int,
            ctx: JobContext) -> dict[str, Any]:
     """The loop. The service runs requests in submission order, so after step k's results arrive we submit,
     in order: validation and `save_state` due after k steps, then step k+1; the local work for step k
-    (metrics, progress, checkpoint rows) and the rendering of step k+2 happen while step k+1 runs."""
+    (metrics, progress, checkpoint rows) and the rendering of step k+2 happen while step k+1 runs.
+    Asked to stop, it submits no further step: it saves and records a checkpoint at k, then ends the run."""
     adam = spec.adam
     started = loop_started = time.monotonic()
     last_event, loss = 0.0, math.nan
@@ -214,132 +312,59 @@ def _train(spec: TrainingSpec, plan: Plan, rows: list[Any], val: list[Batch], cl
     while current is not None:
         done = current.step + 1
         upcoming = _datums(spec, rows, batch_rows(spec, plan, done)) if done < plan.total_steps else None
-        out = result_of(current.forward_backward)
-        result_of(current.optim_step)
+        out = result_of(current.forward_backward, ctx, f"forward_backward step {done}")
+        result_of(current.optim_step, ctx, f"optim_step step {done}")
         seconds = time.monotonic() - current.started
         loss = float(out.metrics["loss:sum"]) / current.batch.trained
-        stopping = ctx.cancel_requested.is_set() or ctx.lease_lost.is_set()
-        evaluate = bool(val and spec.eval_every and done % spec.eval_every == 0 and done < plan.total_steps)
+        stop_reason = _stop_reason(ctx) if ctx.stop_requested else None
+        evaluate = bool(val and spec.eval_every and done % spec.eval_every == 0 and done < plan.total_steps
+                        and stop_reason is None)
         val_futures = _validation_futures(client, val) if evaluate else []
-        save = (done % spec.save_every == 0 and done < plan.total_steps) or (stopping and done < plan.total_steps)
+        save = (done % spec.save_every == 0 and done < plan.total_steps) or stop_reason is not None
         save_future = client.save_state(f"step-{done:06d}") if save else None
-        following = submit(done, upcoming) if upcoming is not None and not stopping else None
+        following = submit(done, upcoming) if upcoming is not None and stop_reason is None else None
 
         metrics = {"loss": loss, "lr": current.lr, "step_seconds": seconds, "tokens": float(current.batch.tokens),
                    "trained_tokens": current.batch.trained}
         if val_futures:
-            metrics["val_loss"] = _validation_loss(val_futures, val)
+            metrics["val_loss"] = _validation_loss(val_futures, val, ctx, done)
         elapsed = time.monotonic() - started
         progress = {"done": done, "total": plan.total_steps, "unit": "steps", "loss": round(loss, 6),
                     "eta_seconds": round(elapsed / (done - start) * (plan.total_steps - done), 1)}
         milestone = time.monotonic() - last_event >= EVENT_SECONDS or done == plan.total_steps
-        with ctx.fenced({"progress": progress}, [("progress", progress)] if milestone else None) as session:
-            training_service.record_metrics(session, ctx.job_id, done, metrics)
+        ctx.write(functools.partial(training_service.record_metrics, job_id=ctx.job_id, step=done, values=metrics),
+                  {"progress": progress}, [("progress", progress)] if milestone else None)
         last_event = time.monotonic() if milestone else last_event
         if save_future is not None:
-            _record_checkpoint(ctx, plan, done, result_of(save_future).path, "cancelled" if stopping else "periodic")
-        if stopping:
-            ctx.check()  # LeaseLost, or JobCancelled with a checkpoint at `done` already recorded
+            path = result_of(save_future, ctx, f"save_state after step {done}").path
+            _record_checkpoint(ctx, plan, done, path, stop_reason or "periodic")
+        if stop_reason is not None:
+            ctx.check()  # JobCancelled, or Preempted on shutdown: the checkpoint at `done` is recorded
+            raise Preempted("shutdown", "the worker asked the job to stop")  # not reached: the stop is sticky
         current = following
 
     steps_run = plan.total_steps - start
     seconds_per_step = (time.monotonic() - loop_started) / steps_run if steps_run else None
+    if steps_run == 0:  # resumed from a checkpoint at the last step: the loss is the one recorded then
+        loss = ctx.read(lambda session: training_service.metric_value(session, ctx.job_id, "loss",
+                                                                      plan.total_steps)) or math.nan
     final_state = _save(client, ctx, plan, plan.total_steps, "final")
-    sampler = result_of(client.save_weights_for_sampler(f"final-{plan.total_steps:06d}")).path
-    val_loss = _validation_loss(_validation_futures(client, val), val) if val else None
-    with ctx.fenced() as session:
+    sampler = result_of(client.save_weights_for_sampler(f"final-{plan.total_steps:06d}"), ctx,
+                        "save_weights_for_sampler (final)").path
+    val_loss = _validation_loss(_validation_futures(client, val), val, ctx, plan.total_steps) if val else None
+
+    def record_final(session: Any) -> None:
         training_service.add_checkpoint(session, job_id=ctx.job_id, step=plan.total_steps, kind="sampler",
                                         uri=sampler, next_step=plan.total_steps, data={})
         if val_loss is not None:
             training_service.record_metrics(session, ctx.job_id, plan.total_steps, {"val_loss": val_loss})
-    return {"plan": plan.as_dict(), "steps": plan.total_steps, "final_loss": loss, "final_val_loss": val_loss,
-            "state_path": final_state, "sampler_path": sampler, "base_model": spec.base_model,
-            "seconds_per_step": seconds_per_step}
+
+    ctx.write(record_final)
+    return {"plan": plan.as_dict(), "steps": plan.total_steps, "final_loss": _finite(loss),
+            "final_val_loss": _finite(val_loss), "state_path": final_state, "sampler_path": sampler,
+            "base_model": spec.base_model, "seconds_per_step": seconds_per_step}
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Adapter export (spec.export_adapter)
-# --------------------------------------------------------------------------------------------------------------
-
-class _RedactQuery(logging.Filter):
-    """httpx logs every request's full URL at INFO; signed URLs carry credentials in their query string."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) and a.query for a in record.args):
-            record.args = tuple(a.copy_with(query=None) if isinstance(a, httpx.URL) else a for a in record.args)
-        return True
-
-
-_redact_query = _RedactQuery()
-
-
-def _rest_client(service: Any) -> Any:
-    """A RestClient sharing the service client's connections (and, in tests, its fake).
-
-    SDK 0.38 deprecates `ServiceClient.create_rest_client()` in favour of `tinker.RestClient(base_url=...,
-    api_key=...)`, but that builds its own connections from credentials, outside the client factory (and the
-    test fake). Until the factory offers a RestClient, the deprecated method is the supported way from here.
-    """
-    future: Future[Any] = Future()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            future.set_result(service.create_rest_client())
-    except Exception as exc:  # classified like any SDK failure
-        future.set_exception(exc)
-    return result_of(future)
-
-
-def _adapter_file_name(file: str) -> PurePosixPath:
-    name = PurePosixPath(file)
-    if not file or name.is_absolute() or any(part in ("", ".", "..") for part in name.parts):
-        raise JobFailed("tinker_error", f"Tinker returned an unusable adapter file name {file!r}.",
-                        user_error=False)
-    return name
-
-
-def _download(http: httpx.Client, url: str, file: str, writer: artifacts_service.AtomicWriter) -> None:
-    """Stream one signed URL into `writer`. Messages name the file only: the URL's query is a credential."""
-    try:
-        with http.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise RetryJob("adapter_download_failed",
-                               f"Downloading the exported adapter file {file} failed: HTTP {response.status_code}. "
-                               "The job will be retried.")
-            for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
-                writer.write(chunk)
-    except httpx.HTTPError as exc:
-        raise RetryJob("adapter_download_failed",
-                       f"Downloading the exported adapter file {file} failed ({type(exc).__name__}). "
-                       "The job will be retried.") from None
-
-
-def _export_adapter(service: Any, client: Any, ctx: JobContext, plan: Plan) -> dict[str, Any]:
-    """Export the final LoRA weights in Hugging Face format and store every file as an `adapter` artifact."""
-    path = result_of(client.save_weights_external(f"adapter-{plan.total_steps:06d}")).path
-    urls: dict[str, str] = result_of(_rest_client(service).get_external_weights_urls(path)).urls
-    names = {file: _adapter_file_name(file) for file in urls}
-    logging.getLogger("httpx").addFilter(_redact_query)  # idempotent: a logger holds a filter once
-    outputs: list[dict[str, Any]] = []
-    try:
-        with httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as http:
-            for file in sorted(urls):
-                log.info("job %s: downloading adapter file %s", ctx.job_id, file)
-                writer = artifacts_service.AtomicWriter(f"{ctx.team_id}/{ctx.job_id}/adapter/{names[file]}")
-                try:
-                    _download(http, urls[file], file, writer)
-                    writer.commit()
-                except BaseException:
-                    writer.abort()
-                    raise
-                suffix = names[file].suffix.lstrip(".").lower()
-                outputs.append({"kind": "adapter", "name": names[file].name, "writer": writer,
-                                "fmt": suffix or "bin", "rows": None, "meta": {"tinker_path": path}})
-                ctx.check()
-    except BaseException:
-        for output in outputs:  # committed files that will not be registered
-            output["writer"].path.unlink(missing_ok=True)
-        raise
-    ids = ctx.publish_artifacts(outputs)
-    ctx.event("adapter_exported", {"path": path, "files": sorted(urls), "artifacts": ids})
-    return {"adapter_artifacts": ids, "adapter_path": path}
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN (PostgreSQL's jsonb refuses it): an undefined loss is null."""
+    return value if value is not None and math.isfinite(value) else None

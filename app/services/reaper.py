@@ -1,0 +1,106 @@
+"""The reaper: recovers lost work every few seconds (docs/architecture.md, "Reaper").
+
+It runs in every API process and in every worker's main process, so it works when no API runs; a lock
+(PostgreSQL advisory lock, or the `lock` row on SQLite) lets one pass run at a time. It takes over jobs whose
+heartbeat went stale, sends wake-ups that are due (new jobs, retries after their backoff), re-sends those
+that are likely lost — all after a broker restart, or for a kind whose broker queue is empty while its jobs
+have waited too long — and settles pending jobs whose dependencies ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from sqlalchemy import Engine, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from app import queue
+from app.db import session_scope
+from app.models import Job, Lock, db_now
+from app.services import transitions
+from app.settings import Settings
+
+log = logging.getLogger("tuneq.reaper")
+
+REAPER_LOCK_KEY = 0x74756E65  # "tune": the PostgreSQL advisory lock the reaper holds for its pass
+
+
+def take_reaper_lock(db: Session, holder: str, ttl_seconds: float) -> bool:
+    """One reaper at a time across every API and worker process. PostgreSQL: an advisory lock held until
+    this transaction ends. SQLite: the `lock` row, taken in its own short transaction (so a waiting
+    reaper is not held on SQLite's write lock) and held until it expires; its holder renews it each pass."""
+    engine = db.get_bind()
+    if engine.dialect.name == "postgresql":
+        return bool(db.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": REAPER_LOCK_KEY}).scalar())
+    assert isinstance(engine, Engine)
+    with engine.begin() as conn:
+        taken = conn.execute(
+            update(Lock).where(Lock.name == "reaper",
+                               or_(Lock.expires_at.is_(None), Lock.expires_at < db_now(), Lock.holder == holder))
+            .values(holder=holder, expires_at=db_now(ttl_seconds))
+        )
+        return bool(taken.rowcount)
+
+
+def stale_kinds_waiting(db: Session, requeue_after_seconds: float) -> set[str]:
+    """Kinds with a queued job whose wake-up went out over `requeue_after_seconds` ago and still waits."""
+    return set(db.execute(
+        select(Job.kind).where(Job.status == "queued", Job.enqueued_at < db_now(-requeue_after_seconds))
+        .group_by(Job.kind)
+    ).scalars().all())
+
+
+
+class Reaper:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._broker_seen: str | None = None
+
+    def _broker_restarted(self) -> bool:
+        """True once after the broker's identity changed (its queues, and our wake-ups in them, are gone)."""
+        current = queue.broker_instance()
+        if current is None:
+            return False
+        restarted = self._broker_seen is not None and current != self._broker_seen
+        self._broker_seen = current
+        return restarted
+
+    def run_pass(self) -> int:
+        """One pass; returns how many wake-ups it sent (0 when another process holds the lock)."""
+        settings = self.settings
+        restarted = self._broker_restarted()
+        with session_scope() as session:
+            if not take_reaper_lock(session, self.holder, ttl_seconds=3 * settings.reaper_interval_seconds):
+                return 0
+            # Wake-ups are only re-sent when likely lost, so a queue's length keeps meaning "jobs waiting".
+            empty = {kind for kind in stale_kinds_waiting(session, settings.requeue_after_seconds)
+                     if queue.waiting_messages(kind) in (0, None)}
+            to_enqueue = transitions.reap(
+                session, lease_seconds=settings.lease_seconds, requeue_after_seconds=settings.requeue_after_seconds,
+                max_preemptions=settings.max_preemptions, resend_kinds=empty, resend_all=restarted,
+            )
+        if restarted:
+            log.warning("the broker restarted; sending the wake-ups of every queued job again")
+        for job_id, kind, resumed in to_enqueue:
+            queue.enqueue(job_id, kind, resumed=resumed)
+        return len(to_enqueue)
+
+
+class ReaperThread(threading.Thread):
+    """Runs reaper passes every TUNEQ_REAPER_INTERVAL_SECONDS until stopped."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="tuneq-reaper", daemon=True)
+        self.reaper = Reaper(settings)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.reaper.settings.reaper_interval_seconds):
+            try:
+                self.reaper.run_pass()
+            except Exception as exc:
+                log.warning("reaper pass failed (%s); trying again next interval", type(exc).__name__)
