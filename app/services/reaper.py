@@ -3,8 +3,8 @@
 It runs in every API process and in every worker's main process, so it works when no API runs; a lock
 (PostgreSQL advisory lock, or the `lock` row on SQLite) lets one pass run at a time. It takes over jobs whose
 heartbeat went stale, sends wake-ups that are due (new jobs, retries after their backoff), re-sends those
-that are likely lost — all after a broker restart, or for a kind whose broker queue is empty while its jobs
-have waited too long — and settles pending jobs whose dependencies ended.
+that are likely lost — all after a broker restart; otherwise, per kind, as many of the oldest waiting jobs as the
+broker holds fewer wake-ups than there are queued jobs — and settles pending jobs whose dependencies ended.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 
-from sqlalchemy import Engine, or_, select, text, update
+from sqlalchemy import Engine, case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app import queue
@@ -45,13 +46,24 @@ def take_reaper_lock(db: Session, holder: str, ttl_seconds: float) -> bool:
         return bool(taken.rowcount)
 
 
-def stale_kinds_waiting(db: Session, requeue_after_seconds: float) -> set[str]:
-    """Kinds with a queued job whose wake-up went out over `requeue_after_seconds` ago and still waits."""
-    return set(db.execute(
-        select(Job.kind).where(Job.status == "queued", Job.enqueued_at < db_now(-requeue_after_seconds))
-        .group_by(Job.kind)
-    ).scalars().all())
-
+def likely_lost(db: Session, requeue_after_seconds: float, waiting_messages: Callable[[str], int | None]
+                ) -> dict[str, int | None]:
+    """Per kind, how many wake-ups are likely lost: queued jobs whose wake-up was sent, minus the messages the
+    broker still holds for that kind (FIFO: the ones left are the newest, so the lost ones are the oldest),
+    counting only jobs that have waited over `requeue_after_seconds`. None: the broker could not tell."""
+    stale = func.sum(case((Job.enqueued_at < db_now(-requeue_after_seconds), 1), else_=0))
+    rows = db.execute(select(Job.kind, func.count(), stale)
+                      .where(Job.status == "queued", Job.enqueued_at.is_not(None)).group_by(Job.kind)).all()
+    lost: dict[str, int | None] = {}
+    for kind, sent, old in rows:
+        if not old:
+            continue
+        waiting = waiting_messages(kind)
+        if waiting is None:
+            lost[kind] = None
+        elif sent > waiting:
+            lost[kind] = min(int(old), sent - waiting)
+    return lost
 
 
 class Reaper:
@@ -77,11 +89,10 @@ class Reaper:
             if not take_reaper_lock(session, self.holder, ttl_seconds=3 * settings.reaper_interval_seconds):
                 return 0
             # Wake-ups are only re-sent when likely lost, so a queue's length keeps meaning "jobs waiting".
-            empty = {kind for kind in stale_kinds_waiting(session, settings.requeue_after_seconds)
-                     if queue.waiting_messages(kind) in (0, None)}
+            lost = {} if restarted else likely_lost(session, settings.requeue_after_seconds, queue.waiting_messages)
             to_enqueue = transitions.reap(
                 session, lease_seconds=settings.lease_seconds, requeue_after_seconds=settings.requeue_after_seconds,
-                max_preemptions=settings.max_preemptions, resend_kinds=empty, resend_all=restarted,
+                max_preemptions=settings.max_preemptions, resend=lost, resend_all=restarted,
             )
         if restarted:
             log.warning("the broker restarted; sending the wake-ups of every queued job again")

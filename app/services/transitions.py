@@ -13,7 +13,7 @@ stall) hands the job back with `preempted` set, and the next claim resumes witho
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -403,10 +403,12 @@ def release_pending(db: DB, *, limit: int = 500) -> list[Wakeup]:
 # ---- the reaper ------------------------------------------------------------------------------
 
 def reap(db: DB, *, lease_seconds: float, requeue_after_seconds: float, max_preemptions: int,
-         resend_kinds: Iterable[str] = (), resend_all: bool = False, limit: int = 500) -> list[Wakeup]:
+         resend: Mapping[str, int | None] | None = None, resend_all: bool = False,
+         limit: int = 500) -> list[Wakeup]:
     """Recover jobs whose worker stopped heartbeating, send wake-ups that are due (new, retried after their
-    backoff, or likely lost: `resend_kinds` have waited too long with nothing in the broker, `resend_all`
-    after the broker restarted), and settle pending jobs. Returns the wake-ups to send after commit."""
+    backoff), re-send those likely lost — per kind in `resend`, that many of the jobs that have waited over
+    `requeue_after_seconds`, oldest first (None: all of them); every queued job's with `resend_all`, after the
+    broker restarted — and settle pending jobs. Returns the wake-ups to send after commit."""
     now = utcnow()
     to_enqueue: list[Wakeup] = []
     stale = db.execute(
@@ -442,13 +444,15 @@ def reap(db: DB, *, lease_seconds: float, requeue_after_seconds: float, max_pree
         if mark_sent(db, unsent.id, None):
             to_enqueue.append((unsent.id, unsent.kind, bool(unsent.preempted or unsent.attempt)))
 
-    kinds = set(resend_kinds)
-    if resend_all or kinds:
-        query = select(Job.id, Job.kind, Job.enqueued_at, Job.preempted, Job.attempt).where(
-            Job.status == "queued", Job.enqueued_at.is_not(None))
-        if not resend_all:
-            query = query.where(Job.kind.in_(sorted(kinds)), Job.enqueued_at < db_now(-requeue_after_seconds))
-        for waiting in db.execute(query.order_by(Job.enqueued_at).limit(limit)).all():
+    columns = (Job.id, Job.kind, Job.enqueued_at, Job.preempted, Job.attempt)
+    sent = (Job.status == "queued", Job.enqueued_at.is_not(None))
+    batches = [select(*columns).where(*sent).order_by(Job.enqueued_at).limit(limit)] if resend_all else [
+        select(*columns).where(*sent, Job.kind == kind, Job.enqueued_at < db_now(-requeue_after_seconds))
+        .order_by(Job.enqueued_at).limit(min(limit, count if count is not None else limit))
+        for kind, count in sorted((resend or {}).items())
+    ]
+    for query in batches:
+        for waiting in db.execute(query).all():
             if mark_sent(db, waiting.id, waiting.enqueued_at):
                 to_enqueue.append((waiting.id, waiting.kind, bool(waiting.preempted or waiting.attempt)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -173,9 +174,9 @@ def test_reaper_resends_wakeups_only_for_kinds_it_is_told_are_lost(job_id: str) 
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow() - timedelta(seconds=120)))
     assert (job_id, "test", False) not in _reap()  # the broker still holds a wake-up for it
-    assert (job_id, "test", False) in _reap(resend_kinds={"test"})
+    assert (job_id, "test", False) in _reap(resend={"test": 1})
     # just re-sent: not again until the grace period passes
-    assert (job_id, "test", False) not in _reap(resend_kinds={"test"})
+    assert (job_id, "test", False) not in _reap(resend={"test": 1})
     assert (job_id, "test", False) in _reap(resend_all=True)  # the broker restarted: its queues are gone
 
 
@@ -237,3 +238,24 @@ def test_transitions_through_run_statement_survive_a_dropped_sql_connection(job_
     assert claim is not None and claim.attempt == 1
     run_statement(lambda db: transitions.finish(db, job_id, claim.token, "succeeded", result={}))
     assert [t for _, t, _ in _events(job_id)] == ["queued", "running", "succeeded"]
+
+
+def test_only_the_wakeups_the_broker_no_longer_holds_are_sent_again(reaper_paused: None) -> None:
+    """Three jobs waited long; the broker still holds one wake-up (FIFO: the newest's). The two oldest go again."""
+    from app.services.reaper import likely_lost
+
+    with session_scope() as session:
+        team = auth.get_or_create_team(session, f"t-{utcnow().timestamp()}")
+        kind = f"k{uuid.uuid4().hex[:8]}"  # a kind of its own: other tests' jobs do not count
+        jobs = [Job(team_id=team.id, kind=kind, status="queued", spec={}, event_seq=0,
+                    enqueued_at=utcnow() - timedelta(seconds=120 - i)) for i in range(3)]
+        session.add_all(jobs)
+        session.flush()
+        ids = [j.id for j in jobs]
+    with session_scope() as session:
+        lost = likely_lost(session, 60, lambda k: 1 if k == kind else 0)
+    assert lost[kind] == 2
+    with session_scope() as session:
+        assert kind not in likely_lost(session, 60, lambda k: 3 if k == kind else 0)  # all still there
+    sent = [job_id for job_id, *_ in _reap(resend={kind: lost[kind]})]
+    assert [i for i in ids if i in sent] == ids[:2]
