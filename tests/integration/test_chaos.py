@@ -52,3 +52,8 @@ def test_jobs_survive_a_short_chaos_run(tmp_path: Path) -> None:
     assert fig["double_terminal"] == 0, details["double_terminal"]
     assert fig["zombie_writes_accepted"] == 0, details["zombies"]
     assert fig["failed_by_infrastructure"] == 0, details["infra_failures"]
+    # Interruptions by the infrastructure are preemptions: they spend no attempt, and training resumes from its
+    # last checkpoint without applying a batch twice.
+    assert fig["attempts_spent_by_infrastructure"] == 0, details
+    assert fig["training_batches_applied_twice"] == 0, details
+    assert fig["training_steps_redone_max"] <= SHORT.save_every, details
