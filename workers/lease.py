@@ -177,9 +177,9 @@ class JobContext:
         """Renew the lease (called by HEARTBEATS) while the pipeline makes progress; notes a cancel request
         or a lost lease for `check()`. A stalled pipeline is not kept alive: its job is handed back."""
         with self.beat_lock:
+            self.next_beat = time.monotonic() + self.settings.heartbeat_seconds  # also when not beating: no spin
             if not self.beating:
                 return
-            self.next_beat = time.monotonic() + self.settings.heartbeat_seconds
             idle = time.monotonic() - self.last_progress
             try:
                 if idle > self.stall_seconds:
