@@ -161,3 +161,16 @@ async def in_sql_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -
     if _sql_threads is None:
         _sql_threads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="sql")
     return await asyncio.get_running_loop().run_in_executor(_sql_threads, functools.partial(fn, *args, **kwargs))
+
+
+async def read_in_sql_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run `fn`, one whole read transaction, on a SQL thread; once more if its connection turned out dead
+    (the pool has dropped that one, so the second run gets a new connection). Other errors propagate: the
+    handlers in app.main answer 503 for those of the database's availability."""
+    try:
+        return await in_sql_thread(fn, *args, **kwargs)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.info("%s: connection lost (%s); retrying once", getattr(fn, "__name__", "read"), type(exc).__name__)
+        return await in_sql_thread(fn, *args, **kwargs)

@@ -8,10 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from app.db import session_scope
+from app.db import read_in_sql_thread, session_scope
 from app.services import auth as auth_service
 from app.services.auth import Caller, KeyCache
-from app.services.job_reads import read_in_sql_thread
 from app.settings import Settings, get_settings
 
 

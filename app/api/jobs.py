@@ -16,14 +16,13 @@ from starlette.responses import Response
 
 from app.api.deps import CallerDep, SessionDep, SettingsDep
 from app.api.responses import JSON
-from app.db import DatabaseUnavailable, in_sql_thread, is_transient, session_scope
+from app.db import DatabaseUnavailable, in_sql_thread, is_transient, read_in_sql_thread, session_scope
 from app.models import TERMINAL_STATUSES
 from app.schemas.jobs import EventList, JobCreate, JobList, JobRead
 from app.services import generation as generation_service
 from app.services import jobs as jobs_service
 from app.services import training as training_service
 from app.services.auth import Caller
-from app.services.job_reads import read_in_sql_thread
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["jobs"])

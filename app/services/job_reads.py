@@ -15,23 +15,19 @@ time), so a single round of backend kills is usually invisible to the client.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import orjson
 from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from app.db import in_sql_thread, session_scope
+from app.db import read_in_sql_thread, session_scope
 from app.errors import DatabaseUnreachable, NotFound
 from app.models import Job, db_now
 from app.services import jobs as jobs_service
 from app.settings import get_settings
 
 log = logging.getLogger("tuneq.api")
-T = TypeVar("T")
-P = ParamSpec("P")
 
 _SQL = (
     "SELECT id, kind, status, spec, labels, depends_on, progress, result, error, attempt, max_attempts, preemptions, "
@@ -40,19 +36,6 @@ _SQL = (
 # A read by primary key takes milliseconds; one that takes this long means the database is in trouble, and
 # the client is better served by a 503 it can retry than by a request that hangs.
 READ_TIMEOUT_SECONDS = 10.0
-
-
-async def read_in_sql_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run `fn`, one whole read transaction, on a SQL thread; once more if its connection turned out dead
-    (the pool has dropped that one, so the second run gets a new connection). Other errors propagate: the
-    handlers in app.main answer 503 for those of the database's availability."""
-    try:
-        return await in_sql_thread(fn, *args, **kwargs)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-        log.info("%s: connection lost (%s); retrying once", getattr(fn, "__name__", "read"), type(exc).__name__)
-        return await in_sql_thread(fn, *args, **kwargs)
 
 
 def _sync_get(team_id: str, job_id: str) -> dict[str, Any]:

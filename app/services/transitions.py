@@ -274,23 +274,32 @@ def retry_later(db: DB, job_id: str, token: int, error: dict[str, Any], *, delay
     return True
 
 
+def _preempt(db: DB, job_id: str, guard: str, now: datetime, *, preemptions: int, max_preemptions: int,
+             reason: str, why: str, details: dict[str, Any], **guard_params: Any) -> bool | None:
+    """Hand the job back so it resumes without spending an attempt (True), or fail it once its preemptions are
+    used up (False). None: the job was not in the `guard` state."""
+    if preemptions + 1 > max_preemptions:
+        err = _too_many_preemptions(preemptions + 1, why)
+        failed = _change(db, job_id, guard, {"status": "failed", "finished_at": now, "lease_owner": None,
+                                             "error": err}, [("failed", {"error": err})], now, **guard_params)
+        return None if failed is None else False
+    handed_back = _change(db, job_id, guard, {"status": "queued", "lease_owner": None, "enqueued_at": NOW,
+                                              "preempted": True, "preemptions": INCREMENT},
+                          [("preempted", {"reason": reason, **details})], now, **guard_params)
+    return None if handed_back is None else True
+
+
 def hand_back(db: DB, job_id: str, token: int, *, reason: str, max_preemptions: int,
               details: dict[str, Any] | None = None) -> bool:
     """The worker gives the job back (shutdown, stall, the database went away): it resumes elsewhere without
     spending an attempt. True: queued again (send a resumed wake-up); False: preemptions used up (failed).
     Raises LeaseLost."""
-    now = utcnow()
     preemptions = db.execute(select(Job.preemptions).where(Job.id == job_id)).scalar_one_or_none() or 0
-    if preemptions + 1 > max_preemptions:
-        err = _too_many_preemptions(preemptions + 1, reason)
-        finish(db, job_id, token, "failed", error=err)
-        return False
-    values = {"status": "queued", "lease_owner": None, "enqueued_at": NOW, "preempted": True,
-              "preemptions": INCREMENT}
-    if _change(db, job_id, "leased", values, [("preempted", {"reason": reason, **(details or {})})], now,
-               token=token) is None:
+    requeued = _preempt(db, job_id, "leased", utcnow(), preemptions=preemptions, max_preemptions=max_preemptions,
+                        reason=reason, why=reason, details=details or {}, token=token)
+    if requeued is None:
         raise LeaseLost(job_id)
-    return True
+    return requeued
 
 
 # ---- API side --------------------------------------------------------------------------------
@@ -359,7 +368,7 @@ def _settle(db: DB, pending_ids: list[str]) -> list[Wakeup]:
     now = utcnow()
     deps: dict[str, list[tuple[str, str | None]]] = {j: [] for j in pending_ids}
     rows = db.execute(
-        select(JobDependency.job_id, JobDependency.depends_on_id, Job.status, Job.kind)
+        select(JobDependency.job_id, JobDependency.depends_on_id, Job.status)
         .join(Job, Job.id == JobDependency.depends_on_id, isouter=True)
         .where(JobDependency.job_id.in_(pending_ids))
     ).all()
@@ -424,14 +433,8 @@ def reap(db: DB, *, lease_seconds: float, requeue_after_seconds: float, max_pree
             _change(db, job.id, "stale", {"status": "cancelled", "finished_at": now, "lease_owner": None},
                     [("cancelled", {"reason": "cancel requested; its worker stopped responding", **lost})], now,
                     **guard)
-        elif job.preemptions + 1 > max_preemptions:
-            err = _too_many_preemptions(job.preemptions + 1, "its worker stopped sending heartbeats")
-            _change(db, job.id, "stale", {"status": "failed", "finished_at": now, "lease_owner": None, "error": err},
-                    [("failed", {"error": err})], now, **guard)
-        elif _change(db, job.id, "stale",
-                     {"status": "queued", "lease_owner": None, "enqueued_at": NOW, "preempted": True,
-                      "preemptions": INCREMENT},
-                     [("preempted", {"reason": "worker_lost", **lost})], now, **guard) is not None:
+        elif _preempt(db, job.id, "stale", now, preemptions=job.preemptions, max_preemptions=max_preemptions,
+                      reason="worker_lost", why="its worker stopped sending heartbeats", details=lost, **guard):
             to_enqueue.append((job.id, job.kind, True))
 
     due = db.execute(
