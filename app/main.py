@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import artifacts, health, jobs, metrics
+from app.api import artifacts, events, health, job_outputs, jobs, metrics
 from app.api.responses import problem
 from app.db import DatabaseUnavailable, get_engine, is_transient
 from app.errors import DatabaseUnreachable, PayloadTooLarge, TuneqError
@@ -165,6 +165,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(job_outputs.router)
     app.include_router(artifacts.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
