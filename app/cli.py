@@ -27,7 +27,7 @@ def migrate() -> None:
     from app.migrate import upgrade
 
     settings = get_settings()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    _private_var_dir()
     upgrade(settings.resolved_database_url)
     typer.echo("database is up to date")
 
@@ -63,15 +63,35 @@ def worker_argv(queues: str, concurrency: int, *, name: str | None = None) -> li
 
 
 @keys.command("create")
-def keys_create(team: str = typer.Option(..., help="team name (created if new)"), name: str = "") -> None:
+def keys_create(
+    team: str = typer.Option(..., help="team name (created if new)"),
+    name: str = "",
+    scope: list[str] = typer.Option(  # noqa: B008 (typer's way of declaring a repeatable option)
+        ["jobs:read", "jobs:write"],
+        help="a scope the key gets (repeat for several): jobs:read (every GET), jobs:write (submit, cancel, "
+             "resume, upload), admin (key management)"),
+    rate_limit: str = typer.Option("", help="this key's request limit, e.g. '5/second;100/minute' "
+                                            "(default: TUNEQ_RATE_LIMIT)"),
+) -> None:
     """Create an API key for a team and print it once."""
     from app.db import session_scope
+    from app.errors import TuneqError
     from app.services import auth
+    from app.services.ratelimit import parse_limits
 
-    with session_scope() as session:
-        t = auth.get_or_create_team(session, team)
-        key, plain = auth.create_key(session, team_id=t.id, name=name)
-    typer.echo(f"team {team}: key {key.id}\n{plain}")
+    try:
+        parse_limits(rate_limit)
+    except ValueError:
+        raise typer.BadParameter(f"'{rate_limit}' is not a rate limit; write e.g. '5/second;100/minute'",
+                                 param_hint="--rate-limit") from None
+    try:
+        with session_scope() as session:
+            t = auth.get_or_create_team(session, team)
+            key, plain = auth.create_key(session, team_id=t.id, name=name, scopes=tuple(dict.fromkeys(scope)),
+                                         rate_limit=rate_limit or None)
+    except TuneqError as exc:
+        raise typer.BadParameter(exc.detail, param_hint="--scope") from None
+    typer.echo(f"team {team}: key {key.id} (scopes: {', '.join(key.scopes)})\n{plain}")
 
 
 @keys.command("revoke")
@@ -176,7 +196,7 @@ def run() -> None:
     from app.embedded import start_redis
 
     settings = get_settings()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    _private_var_dir()
     services: list[Supervised] = []
     if not settings.broker_url:
         redis = Supervised("embedded Redis", lambda: start_redis(settings.embedded_redis_socket,
@@ -215,7 +235,16 @@ def run() -> None:
     typer.echo("stopped")
 
 
+def _private_var_dir() -> None:
+    var_dir = get_settings().var_dir
+    var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    var_dir.chmod(0o700)
+
+
 def main() -> None:
+    # Whatever tuneq writes (SQLite file, artifacts, the embedded Redis's socket) is its own: 0600 files, 0700
+    # folders (docs/architecture.md, "Artifacts").
+    os.umask(0o077)
     cli()
 
 

@@ -36,8 +36,11 @@ def _json_dumps(value: object) -> str:
 def make_engine(url: str, **options: Any) -> Engine:
     """An engine for `url`; `options` override create_engine's defaults (PostgreSQL only)."""
     json = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+    settings = get_settings()
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **json)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **json,
+                               pool_size=settings.sql_pool_size, max_overflow=settings.sql_max_overflow,
+                               pool_timeout=settings.sql_pool_timeout_seconds)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -52,7 +55,6 @@ def make_engine(url: str, **options: Any) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    settings = get_settings()
     # Every wait on the database is bounded: connect, each statement, and a peer that vanished without a
     # FIN (TCP keepalives), so a worker never hangs on a dead connection.
     connect_args = {
@@ -60,8 +62,11 @@ def make_engine(url: str, **options: Any) -> Engine:
         "options": f"-c statement_timeout={round(settings.sql_statement_timeout_seconds * 1000)}",
         "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
     }
-    return create_engine(url, **{"pool_size": 10, "max_overflow": 20, "pool_pre_ping": True,
-                                 "connect_args": connect_args, **json, **options})
+    # A request that finds every connection busy waits sql_pool_timeout_seconds, then gets a 503 with
+    # Retry-After (app.main maps the pool's TimeoutError), rather than hanging.
+    pool = {"pool_size": settings.sql_pool_size, "max_overflow": settings.sql_max_overflow,
+            "pool_timeout": settings.sql_pool_timeout_seconds}
+    return create_engine(url, **{**pool, "pool_pre_ping": True, "connect_args": connect_args, **json, **options})
 
 
 def get_engine() -> Engine:

@@ -34,7 +34,8 @@ def start_redis(socket_path: Path, data_dir: Path) -> subprocess.Popen[bytes] | 
     if ping(socket_path):
         return None
     data_dir = data_dir.resolve()  # redis-server chdirs to --dir before opening its log file
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir.chmod(0o700)  # the broker's append-only file holds job ids and payloads: private to our user
     socket_path.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [redis_executable(), "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",

@@ -17,13 +17,17 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import artifacts, events, health, job_outputs, jobs, metrics
+from app.api import artifacts, events, health, job_outputs, jobs, metrics, openapi
+from app.api.body_timeout import BodyTimeout
+from app.api.gate import AuthGate
 from app.api.responses import problem
 from app.db import DatabaseUnavailable, get_engine, is_transient
 from app.errors import DatabaseUnreachable, PayloadTooLarge, TuneqError
 from app.services.auth import KeyCache
+from app.services.event_hub import EventHub
 from app.services.job_reads import JobReader
 from app.services.reaper import ReaperThread
+from app.services.watching import WatchLimits
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("tuneq.api")
@@ -146,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         get_engine()
         await app.state.job_reader.start()
+        await app.state.event_hub.start()
         reaper = ReaperThread(settings)
         if settings.run_reaper:
             reaper.start()
@@ -155,12 +160,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         yield
         reaper.stopping.set()
+        await app.state.event_hub.stop()
         await app.state.job_reader.close()
 
     app = FastAPI(title="tuneq", version="0.1.0", lifespan=lifespan,
                   description="Fine-tuning jobs for Qwen3 with LoRA on Tinker.")
     app.state.key_cache = KeyCache(settings.key_cache_seconds)
     app.state.job_reader = JobReader(settings.resolved_database_url)
+    app.state.event_hub = EventHub(settings.resolved_database_url)
+    app.state.watch_limits = WatchLimits(settings.max_streams_per_key)
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -168,5 +176,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(job_outputs.router)
     app.include_router(artifacts.router)
+    openapi.install(app)  # a truthful /openapi.json: bearer auth, problem+json errors
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)
+    # Outermost: key, scope and rate limit are checked before any body is read (app/api/gate.py).
+    app.add_middleware(AuthGate, settings=settings, key_cache=app.state.key_cache)
     return app

@@ -26,9 +26,35 @@ class Settings(BaseSettings):
     port: int = 8000
     max_body_bytes: int = 1_000_000
     key_cache_seconds: float = 5.0  # a revoked key stops working within this many seconds
+    max_streams_per_key: int = 20  # open SSE streams + waits per API key per API process (429 past it)
+    # A request body must arrive within this many seconds (408 otherwise); uploads under /v1/files get it
+    # as an idle limit between chunks instead.
+    body_timeout_seconds: float = 30.0
+    # Rate limits and quotas (app/services/ratelimit.py), counted in the broker's Redis so every API process
+    # shares them; "" turns a limit off. Requests per API key (a key's `rate_limit` column overrides it):
+    rate_limit: str = "50/second;2000/minute"
+    # Failed key lookups (unknown or revoked keys) per client address and per key prefix; past them, keys not
+    # verified before are refused with 429 without a SQL lookup (a flood of made-up keys costs no SQL).
+    key_lookup_rate_limit: str = "10/second;100/minute"
+    key_lookup_prefix_rate_limit: str = "10/minute"
+    # GET /metrics needs `Authorization: Bearer <token>`; unset, /metrics answers only clients on loopback.
+    metrics_token: SecretStr | None = None
+    # JSON {kind: n}: at most n RUNNING jobs of that kind per team; more stay queued (checked at claim).
+    max_running_per_team: dict[str, int] = {}
+    # A generation spec without max_cost_usd gets this one; a team's unfinished generation jobs may together
+    # budget at most the team's cap (team.limits["generation_max_cost_usd"], default the setting below).
+    generation_default_max_cost_usd: float | None = 20.0
+    generation_team_max_cost_usd: float | None = 200.0
     enable_test_jobs: bool = False  # accept kind "test" (tests and benchmarks only)
     max_upload_bytes: int = 2 * 1024**3
+    upload_quota_bytes: int = 50 * 1024**3  # a team's uploaded files, in total
+    preview_max_row_bytes: int = 1024**2  # preview/render answer 422 for a longer row (download it instead)
     local_datasets_dir: Path | None = None  # dataset jobs may read Hub-shaped directories under it
+    # Generation prompt templates (docs/architecture.md, "Pipelines and resumability"): each render, at submit
+    # and per item in the worker, stops with a clear error past any of these bounds.
+    template_max_output_chars: int = 200_000  # rendered text, and the size of any value a template builds
+    template_max_steps: int = 100_000  # loop iterations + calls + range() lengths, summed over one render
+    template_max_seconds: float = 0.5  # one render's time (a normal prompt takes well under a millisecond)
     log_level: str = "INFO"
 
     # Delivery, leases and preemption (docs/architecture.md, "Lifecycle")
@@ -53,12 +79,20 @@ class Settings(BaseSettings):
     # On SIGTERM a worker gives its running jobs this long to checkpoint and hand back, then cancels what still
     # runs and returns those messages to the broker (compose's stop_grace_period must exceed it).
     shutdown_grace_seconds: float = 30.0
+    # A worker's main process touches this file every few seconds while its consumer loop runs; a healthcheck
+    # calls it unhealthy when the file is stale (docker-compose.yml). Unset: no file.
+    worker_health_file: Path | None = None
     # Extra Celery settings for API and workers alike, applied over ours (dicts merged one level), e.g.
     # {"broker_transport_options": {"global_keyprefix": "tuneq:"}, "task_routes": {...}}.
     celery_options: dict[str, Any] = {}
     # How long a worker retries a write while the database is away before leaving the job to its lease.
     db_retry_seconds: float = 60.0
     sql_connect_timeout_seconds: float = 5.0
+    # Connections per API or worker process, per pool (SQLAlchemy's; the asyncpg pool of GET /v1/jobs/{id} gets
+    # sql_pool_size + sql_max_overflow), and how long a request waits for a free one before a 503 + Retry-After.
+    sql_pool_size: int = Field(default=10, ge=1)
+    sql_max_overflow: int = Field(default=20, ge=0)
+    sql_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     sql_statement_timeout_seconds: float = 60.0
 
     # External services

@@ -26,6 +26,7 @@ TEST_SETTINGS = {
     "TUNEQ_REAPER_INTERVAL_SECONDS": "0.5",
     "TUNEQ_KEY_CACHE_SECONDS": "1",
     "TUNEQ_MAX_BODY_BYTES": "200000",
+    "TUNEQ_RATE_LIMIT": "100000/second",  # tests that exercise limits set their own
     "TUNEQ_WORKER_CONCURRENCY": "2",
     "HF_HUB_OFFLINE": "1",
 }

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from billiard.process import active_children
+from celery import bootsteps
 from celery.signals import (
     worker_init,
     worker_process_init,
@@ -25,6 +27,46 @@ from workers.lease import enter_pool_child
 
 celery = make_celery("tuneq", get_settings(), include=["workers.tasks"])
 celery.conf.task_queues = [Queue(name) for name in QUEUES]
+# Remote control stays on, on purpose. Its broadcast subscription is also what makes a worker whose prefetch is
+# full (every slot running a job, so it polls no queue) notice that Redis went away and reconnect; without it
+# such a worker never sees the broker restart (tests/integration/test_broker.py). Whoever can write to Redis can
+# therefore send control commands (e.g. shutdown), so Redis is never published and Flower, which relays them,
+# listens on loopback behind basic auth (docker-compose.yml).
+celery.conf.worker_enable_remote_control = True
+
+HEALTH_TOUCH_SECONDS = 5.0
+
+
+class HealthFile(bootsteps.StartStopStep):
+    """Touch TUNEQ_WORKER_HEALTH_FILE from the consumer's event loop, so a fresh file means the worker's main
+    process is alive and serving its queues; a container healthcheck checks its age (docker-compose.yml)."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.path: Path | None = get_settings().worker_health_file
+        self.timer_ref: Any = None
+
+    def _touch(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+
+    def start(self, parent: Any) -> None:
+        if self.path is not None:
+            self._touch()
+            self.timer_ref = parent.timer.call_repeatedly(HEALTH_TOUCH_SECONDS, self._touch)
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+            self.timer_ref = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)  # a stopping worker is no longer healthy
+
+
+celery.steps["consumer"].add(HealthFile)
 
 
 @worker_init.connect

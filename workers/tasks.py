@@ -14,11 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from app.db import DatabaseUnavailable, is_transient, retry_transient, run_statement, session_scope
+from app.errors import TuneqError
 from app.queue import RUN_JOB, enqueue
 from app.services import transitions
 from app.services.transitions import LeaseLost, error_body
 from app.settings import get_settings
 from workers.celery_app import celery
+from workers.clients import tinker as tinker_client
 from workers.errors import JobCancelled, JobFailed, Preempted, RetryJob
 from workers.lease import JobContext, worker_identity
 from workers.pipelines import PIPELINES
@@ -44,7 +46,8 @@ def drive(job_id: str) -> None:
                     job_id, type(exc).__name__)
         return
     if claim is None:
-        log.info("job %s: not claimable (already taken, finished, cancelled or not due); ignoring wake-up", job_id)
+        log.info("job %s: not claimable (already taken, finished, cancelled, not due, or over its team's running "
+                 "cap, TUNEQ_MAX_RUNNING_PER_TEAM); ignoring wake-up", job_id)
         return
     log.info("job %s: claimed (kind=%s attempt=%d preemptions=%d)", job_id, claim.kind, claim.attempt,
              claim.preemptions)
@@ -78,6 +81,8 @@ def _run(ctx: JobContext) -> Outcome:
                                                          details=exc.details))
     except RetryJob as exc:
         return _retry(ctx, error_body(exc.code, exc.message, user_error=False))
+    except TuneqError as exc:  # a service refused the spec at run time (e.g. a checkpoint that is not the team's)
+        return _finished(ctx, "failed", error=error_body(exc.code, exc.detail, user_error=exc.status < 500))
     except Preempted as exc:
         log.info("job %s: preempted (%s); handing it back", ctx.job_id, exc.reason)
         return _hand_back(ctx, exc.reason, {"message": exc.message})
@@ -87,6 +92,13 @@ def _run(ctx: JobContext) -> Outcome:
         if is_transient(exc):  # a read outside ctx.write met a database blip: not the job's fault
             log.warning("job %s: database error mid-run (%s); handing it back", ctx.job_id, type(exc).__name__)
             return _hand_back(ctx, "database_unavailable", {})
+        if tinker_client.from_tinker(exc):  # a Tinker call outside result_of (e.g. opening the client)
+            log.warning("job %s: Tinker call failed (%s)", ctx.job_id, type(exc).__name__)
+            ended = tinker_client.job_error(exc, "a call", ctx.job_id)
+            if isinstance(ended, RetryJob):
+                return _retry(ctx, error_body(ended.code, ended.message, user_error=False))
+            return _finished(ctx, "failed", error=error_body(ended.code, ended.message, user_error=ended.user_error,
+                                                             details=ended.details))
         # Messages never carry the exception text (it may hold SQL, parameters or server paths): the log
         # does, under a reference the user can quote.
         ref = uuid.uuid4().hex[:12]

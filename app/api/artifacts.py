@@ -13,30 +13,42 @@ from app.api.responses import JSON
 from app.chat import render_pieces, validate_conversation
 from app.db import session_scope
 from app.errors import InvalidRequest
+from app.schemas.artifacts import ArtifactOut, PreviewOut, RenderOut
 from app.services import artifacts as artifacts_service
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 
 
-@router.post("/files", status_code=201, openapi_extra={
+def _in_use(team_id: str) -> int:
+    with session_scope() as session:
+        return artifacts_service.uploads_in_use(session, team_id)
+
+
+@router.post("/files", status_code=201, response_model=ArtifactOut, openapi_extra={
     "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload_file(
     request: Request,
     caller: CallerDep,
     settings: SettingsDep,
-    name: Annotated[str, Query(min_length=1, max_length=255, description="file name, e.g. train.jsonl")],
+    name: Annotated[str, Query(min_length=1, max_length=255,
+                               description="file name, e.g. train.jsonl (at most 255 bytes of UTF-8)")],
     format: Annotated[Literal["jsonl", "json", "parquet", "csv"] | None, Query()] = None,
 ) -> Response:
     """Upload a dataset file as the raw request body (streamed to the store, never held in memory):
-    `curl --data-binary @train.jsonl "$API/v1/files?name=train.jsonl"`."""
+    `curl --data-binary @train.jsonl "$API/v1/files?name=train.jsonl"`. A team's uploads together may hold
+    at most `TUNEQ_UPLOAD_QUOTA_BYTES`."""
     caller.require("jobs:write")
+    name = artifacts_service.validate_upload_name(name)
     fmt = artifacts_service.upload_format(name, format)
-    artifact_id, writer = artifacts_service.begin_upload(caller.team_id, name)
+    quota = settings.upload_quota_bytes
+    in_use = await run_in_threadpool(_in_use, caller.team_id)
+    artifacts_service.check_quota(in_use, quota)
+    artifact_id, writer = artifacts_service.begin_upload(caller.team_id, fmt)
     try:
         async for chunk in request.stream():
-            artifacts_service.write_chunk(writer, chunk, settings.max_upload_bytes)
-    except BaseException:
-        writer.abort()
+            artifacts_service.write_chunk(writer, chunk, settings.max_upload_bytes, in_use=in_use, quota=quota)
+    except BaseException:  # a limit, the client gone, a cancellation: nothing stays on disk
+        artifacts_service.discard(writer)
         raise
 
     def _finish() -> dict[str, Any]:
@@ -47,30 +59,37 @@ async def upload_file(
     return JSON(await run_in_threadpool(_finish), status_code=201)
 
 
-@router.get("/artifacts/{artifact_id}")
+@router.get("/artifacts/{artifact_id}", response_model=ArtifactOut)
 def get_artifact(artifact_id: str, caller: CallerDep, session: SessionDep) -> Response:
     return JSON(artifacts_service.get(session, team_id=caller.team_id, artifact_id=artifact_id))
 
 
-@router.get("/artifacts/{artifact_id}/content")
+@router.get("/artifacts/{artifact_id}/content", response_class=FileResponse, responses={
+    200: {"description": "the file's bytes, with its sha256 in X-Content-SHA256",
+          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 def download_artifact(artifact_id: str, caller: CallerDep, session: SessionDep) -> Response:
     path, meta = artifacts_service.path_of(session, team_id=caller.team_id, artifact_id=artifact_id)
-    return FileResponse(path, filename=meta["name"], headers={"X-Content-SHA256": meta["sha256"] or ""})
+    return FileResponse(path, filename=meta["name"], media_type="application/octet-stream",
+                        headers={"X-Content-SHA256": meta["sha256"] or ""})
 
 
-@router.get("/artifacts/{artifact_id}/preview")
-def preview_artifact(artifact_id: str, caller: CallerDep, session: SessionDep,
+@router.get("/artifacts/{artifact_id}/preview", response_model=PreviewOut)
+def preview_artifact(artifact_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep,
                      rows: Annotated[int, Query(ge=1, le=100)] = 5) -> Response:
+    """The first rows of a JSONL artifact; a row over `TUNEQ_PREVIEW_MAX_ROW_BYTES` answers 422."""
     path, meta = artifacts_service.path_of(session, team_id=caller.team_id, artifact_id=artifact_id)
-    return JSON({"artifact_id": artifact_id, "rows": artifacts_service.preview(path, meta["format"], rows)})
+    return JSON({"artifact_id": artifact_id,
+                 "rows": artifacts_service.preview(path, meta["format"], rows,
+                                                   max_row_bytes=settings.preview_max_row_bytes)})
 
 
-@router.post("/artifacts/{artifact_id}/render")
+@router.post("/artifacts/{artifact_id}/render", response_model=RenderOut)
 def render_artifact_row(
     artifact_id: str,
     caller: CallerDep,
     session: SessionDep,
-    row: Annotated[int, Query(ge=0, description="row index, from 0")] = 0,
+    settings: SettingsDep,
+    row: Annotated[int, Query(ge=0, le=2**31 - 1, description="row index, from 0")] = 0,
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant",
     enable_thinking: bool = True,
 ) -> Response:
@@ -78,7 +97,7 @@ def render_artifact_row(
     path, meta = artifacts_service.path_of(session, team_id=caller.team_id, artifact_id=artifact_id)
     if meta["format"] != "chatml_jsonl":
         raise InvalidRequest(f"Rendering needs a ChatML dataset artifact; this one is {meta['format']}.")
-    messages = artifacts_service.nth_row(path, row).get("messages")
+    messages = artifacts_service.nth_row(path, row, max_row_bytes=settings.preview_max_row_bytes).get("messages")
     problem = validate_conversation(messages)
     if problem is not None:
         raise InvalidRequest(f"Row {row} is not a valid conversation: {problem.field}: {problem.message}")

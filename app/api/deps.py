@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from app.api.gate import CALLER
 from app.db import read_in_sql_thread, session_scope
 from app.services import auth as auth_service
 from app.services.auth import Caller, KeyCache
@@ -28,7 +29,13 @@ def _lookup(cache: KeyCache, token: str) -> Caller:
 
 
 async def get_caller(request: Request) -> Caller:
-    """Bearer-key auth; a cache hit costs no SQL and no thread hop."""
+    """The caller the gate in front of /v1 authenticated (app/api/gate.py: key, scope and rate limit, checked
+    before the body is read); otherwise Bearer-key auth here: a cache hit costs no SQL and no thread hop."""
+    state = request.scope.get("state")
+    if state is not None:
+        caller = state.get(CALLER)
+        if caller is not None:
+            return caller  # type: ignore[no-any-return]
     token = auth_service.parse_bearer(request.headers.get("authorization"))
     cache: KeyCache = request.app.state.key_cache
     hit, caller = auth_service.cached_caller(cache, token)

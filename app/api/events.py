@@ -1,30 +1,28 @@
-"""Watching a job: its events as a page or a live SSE stream, and the long-poll `wait`. HTTP only."""
+"""Watching a job: its events as a page or a live SSE stream, and the long-poll `wait`. HTTP only: streams and
+waits are fed by the process's event hub (app.services.event_hub, docs/architecture.md "Watching a job")."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Header, Query, Request
-from sse_starlette import EventSourceResponse
 from starlette.responses import Response
 
 from app.api.deps import CallerDep
+from app.api.event_stream import EventStream, encode
 from app.api.responses import JSON
-from app.db import DatabaseUnavailable, is_transient, read_in_sql_thread, session_scope
-from app.models import TERMINAL_STATUSES
+from app.db import read_in_sql_thread, session_scope
 from app.schemas.jobs import EventList, JobRead
+from app.services import auth as auth_service
 from app.services import jobs as jobs_service
+from app.services.auth import Caller
+from app.services.watching import Watch
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-POLL_SECONDS = 0.2
-STREAM_RETRY_SECONDS = 1.0  # a live event stream's next look while the database is away
-log = logging.getLogger("tuneq.api")
+MAX_SEQ = 2**31 - 1  # event sequence numbers are 32-bit integers
+PING_SECONDS = 15.0  # an idle stream sends a comment line this often, so proxies keep it open
 
 
 def _events_page(team_id: str, job_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
@@ -32,9 +30,13 @@ def _events_page(team_id: str, job_id: str, after: int, limit: int) -> tuple[lis
         return jobs_service.list_events(session, team_id=team_id, job_id=job_id, after=after, limit=limit)
 
 
-def _job(team_id: str, job_id: str) -> dict[str, Any]:
-    with session_scope() as session:
-        return jobs_service.get(session, team_id=team_id, job_id=job_id)
+def _open_watch(request: Request, caller: Caller, job_id: str) -> Watch:
+    """Registered with the hub and counted under the key's cap (429 past it); close it when done."""
+    state = request.app.state
+    token = auth_service.parse_bearer(request.headers.get("authorization"))
+    watch = Watch(state.event_hub, state.watch_limits, state.key_cache, token, caller, job_id)
+    watch.open()
+    return watch
 
 
 @router.get(
@@ -46,54 +48,38 @@ async def job_events(
     job_id: str,
     request: Request,
     caller: CallerDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_SEQ)] = None,
 ) -> Response:
-    """A page of events after `after`; with `Accept: text/event-stream`, a live stream until the job ends."""
+    """A page of events after `after`; with `Accept: text/event-stream`, a live stream until the job ends
+    (resumed after `Last-Event-ID` when sent)."""
     start = last_event_id if last_event_id is not None else after
-    first, has_more = await read_in_sql_thread(_events_page, caller.team_id, job_id, start, limit)
     if "text/event-stream" not in request.headers.get("accept", ""):
+        first, has_more = await read_in_sql_thread(_events_page, caller.team_id, job_id, start, limit)
         return JSON({"data": first, "has_more": has_more, "next_cursor": first[-1]["seq"] if has_more else None})
 
-    async def stream() -> AsyncIterator[dict[str, Any]]:
-        batch, last = first, start
-        while True:
-            for event in batch:
-                last = event["seq"]
-                yield {"id": str(last), "event": event["type"], "data": orjson.dumps(event).decode()}
-                if event["type"] in TERMINAL_STATUSES:  # a terminal event is named after its status
-                    return
-            try:
-                if not batch and jobs_service.is_terminal(await read_in_sql_thread(_job, caller.team_id, job_id)):
-                    # Ended before `last`: re-check once so a final event is never missed.
-                    batch, _ = await read_in_sql_thread(_events_page, caller.team_id, job_id, last, 1000)
-                    if not batch:
-                        return
-                    continue
-                await asyncio.sleep(POLL_SECONDS)
-                batch, _ = await read_in_sql_thread(_events_page, caller.team_id, job_id, last, 1000)
-            except Exception as exc:
-                # The response has started, so an error now would only drop the connection: wait for the
-                # database instead (pings keep the stream open) and go on from the last event sent.
-                if not (is_transient(exc) or isinstance(exc, DatabaseUnavailable)):
-                    raise
-                log.warning("event stream of %s: database unreachable (%s); waiting", job_id, type(exc).__name__)
-                batch = []
-                await asyncio.sleep(STREAM_RETRY_SECONDS)
+    watch = _open_watch(request, caller, job_id)  # before the replay read, so nothing falls in between
+    try:
+        replay = await watch.first_page(start)
+    except BaseException:
+        watch.close()
+        raise
 
-    return EventSourceResponse(stream(), ping=15)
+    async def frames() -> AsyncIterator[bytes | None]:
+        async for event in watch.follow(start, replay):
+            yield None if event is None else encode(job_id, event)
 
+    return EventStream(frames(), watch.close, ping_seconds=PING_SECONDS)
 
 
 @router.get("/jobs/{job_id}/wait", response_model=JobRead)
 async def wait_for_job(
-    job_id: str, caller: CallerDep, timeout: Annotated[float, Query(ge=0, le=120)] = 30
+    job_id: str, request: Request, caller: CallerDep, timeout: Annotated[float, Query(ge=0, le=120)] = 30
 ) -> Response:
     """Long-poll: answers as soon as the job ends, or with its current state after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job = await read_in_sql_thread(_job, caller.team_id, job_id)
-        if jobs_service.is_terminal(job) or time.monotonic() >= deadline:
-            return JSON(job)
-        await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+    watch = _open_watch(request, caller, job_id)
+    try:
+        return JSON(await watch.wait(timeout))
+    finally:
+        watch.close()

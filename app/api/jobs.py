@@ -51,12 +51,14 @@ def _jobs_page(team_id: str, **filters: Any) -> tuple[list[dict[str, Any]], bool
 @router.get("/jobs", response_model=JobList)
 async def list_jobs(
     caller: CallerDep,
-    kind: str | None = None,
+    kind: Literal["dataset", "generation", "training", "evaluation", "test"] | None = None,
     status: Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"] | None = None,
-    created_after: datetime | None = None,
-    label: Annotated[str | None, Query(description="name:value")] = None,
+    created_after: Annotated[datetime | None, Query(description="jobs created after this time (no zone = UTC)")
+                             ] = None,
+    label: Annotated[str | None, Query(max_length=401, description="name:value, each 1–200 characters, no "
+                                                                   "control characters")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=100, description="next_cursor of the previous page")] = None,
 ) -> Response:
     data, has_more, next_cursor = await read_in_sql_thread(
         _jobs_page, caller.team_id, kind=kind, status=status, created_after=created_after, label=label,

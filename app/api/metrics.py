@@ -1,20 +1,28 @@
 """GET /metrics for Prometheus: the work waiting and running, read from SQL at scrape time.
 
 The job rows are the truth for every API and worker process alike, so any API process answers for the whole
-service (no per-process counters to merge). Unauthenticated like the health routes: aggregate counts only.
+service (no per-process counters to merge). Aggregates only (by kind and status, never by team or job).
+
+Access: with `TUNEQ_METRICS_TOKEN` set, a scrape sends `Authorization: Bearer <token>` (compared in constant
+time; anything else is a 401). Unset, /metrics answers only clients on loopback (what `make run` and a sidecar
+Prometheus use) and is a 404 for everyone else.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
+from ipaddress import ip_address
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.responses import Response
 
+from app.api.deps import SettingsDep
+from app.api.responses import problem
 from app.db import in_sql_thread, session_scope
 from app.models import Job, utcnow
 from app.services import job_reads
@@ -63,6 +71,24 @@ _registry = CollectorRegistry(auto_describe=False)
 _registry.register(JobsCollector())
 
 
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
+async def metrics(request: Request, settings: SettingsDep) -> Response:
+    token = settings.metrics_token
+    if token is None:
+        if not _loopback(request.client.host if request.client else None):
+            return problem(404, "Not found", "Not Found", code="not_found")
+    else:
+        scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 token.get_secret_value().encode()):
+            return problem(401, "Missing or invalid metrics token",
+                           "Send the metrics token as 'Authorization: Bearer <token>' (TUNEQ_METRICS_TOKEN).",
+                           code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
     return Response(await in_sql_thread(generate_latest, _registry), media_type=CONTENT_TYPE_LATEST)

@@ -22,3 +22,4 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rate_limit: Mapped[str | None] = mapped_column(String(200))  # e.g. "5/second;100/minute"; None: the setting

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from app.schemas.common import StrictModel
+from app.schemas.common import Name, Ref, RowCount, Seed, StrictModel
 
 SHAPES = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "question_answer")
 
@@ -16,9 +16,9 @@ class HubSource(StrictModel):
 
     type: Literal["hub"]
     name: str = Field(min_length=1, max_length=200, examples=["HuggingFaceH4/no_robots"])
-    config: str | None = None
-    split: str = "train"
-    revision: str | None = None
+    config: Name | None = None
+    split: Name = "train"
+    revision: Name | None = None
 
 
 class LocalSource(StrictModel):
@@ -26,22 +26,22 @@ class LocalSource(StrictModel):
 
     type: Literal["local"]
     path: str = Field(min_length=1, max_length=500)
-    config: str | None = None
-    split: str = "train"
+    config: Name | None = None
+    split: Name = "train"
 
 
 class FileSource(StrictModel):
     """A file uploaded with POST /v1/files, or any earlier job's artifact (e.g. a dataset split)."""
 
     type: Literal["artifact"]
-    artifact_id: str
+    artifact_id: Ref
 
 
 Source = Annotated[HubSource | LocalSource | FileSource, Field(discriminator="type")]
 
 
 class ColumnRole(StrictModel):
-    column: str
+    column: Name
     role: Literal["system", "user", "assistant"]
 
 
@@ -51,11 +51,11 @@ class ColumnMapping(StrictModel):
     `columns` is a list because its order is the order of the turns (JSON objects have no reliable order
     once stored, e.g. in PostgreSQL jsonb)."""
 
-    messages: str | None = None
-    role_map: dict[str, str] | None = None
-    role_key: str | None = None
-    content_key: str | None = None
-    columns: list[ColumnRole] | None = Field(default=None, min_length=2)
+    messages: Name | None = None
+    role_map: dict[Name, Name] | None = Field(default=None, max_length=50)
+    role_key: Name | None = None
+    content_key: Name | None = None
+    columns: list[ColumnRole] | None = Field(default=None, min_length=2, max_length=50)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ColumnMapping:
@@ -77,10 +77,10 @@ class DatasetSpec(StrictModel):
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
     enable_thinking: bool = True
     shuffle: bool = True
-    seed: int = 0
+    seed: Seed = 0
     validation_fraction: float | None = Field(default=None, gt=0, lt=1)
-    validation_rows: int | None = Field(default=None, ge=1)
-    max_examples: int | None = Field(default=None, ge=1)
+    validation_rows: RowCount | None = None
+    max_examples: RowCount | None = None
 
     @model_validator(mode="after")
     def _one_validation_size(self) -> DatasetSpec:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from app.schemas.common import StrictModel
+from app.schemas.common import Ref, Seed, StrictModel, TemplateVars
+
+Topic = Annotated[str, Field(min_length=1, max_length=2000, description="at most 2,000 characters")]
 
 DIALOGUE_FORMAT = (
     'Reply with JSON only, exactly of this form: {"messages": [{"role": "user", "content": "..."}, '
@@ -59,19 +61,19 @@ class GenerationSpec(StrictModel):
     preset: Literal["scaffolding", "qa"] | None = None
     prompt: str | None = Field(default=None, max_length=50_000)
     system: str | None = Field(default=None, max_length=50_000)
-    vars: dict[str, Any] = Field(default_factory=dict)
-    topics: list[str] | None = Field(default=None, min_length=1, max_length=100_000)
+    vars: TemplateVars = Field(default_factory=dict)
+    topics: list[Topic] | None = Field(default=None, min_length=1, max_length=100_000)
     per_topic: int = Field(default=1, ge=1, le=10_000)
-    source_artifact: str | None = None
+    source_artifact: Ref | None = None
     count: int | None = Field(default=None, ge=1, le=1_000_000)
     output: Literal["dialogue", "completion"] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1, le=100_000)
-    seed: int = 0
+    seed: Seed = 0
     concurrency: int = Field(default=16, ge=1, le=512)
     requests_per_second: float | None = Field(default=None, gt=0, le=10_000)
-    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, gt=0, le=1_000_000)
     max_attempts_per_item: int = Field(default=5, ge=1, le=20)
     dedupe: bool = True
 

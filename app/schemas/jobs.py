@@ -7,18 +7,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.schemas.common import StrictModel
+from app.schemas.common import Label, Ref, StrictModel
 from app.schemas.datasets import DatasetSpec
 from app.schemas.evaluation import EvaluationSpec
 from app.schemas.generation import GenerationSpec
 from app.schemas.training import TrainingSpec
 
-Label = Annotated[str, Field(min_length=1, max_length=200)]
-
 
 class JobCreateBase(StrictModel):
     labels: dict[Label, Label] = Field(default_factory=dict, max_length=50)
-    depends_on: list[str] = Field(default_factory=list, max_length=50, description="Job ids that must succeed first")
+    depends_on: list[Ref] = Field(default_factory=list, max_length=50, description="Job ids that must succeed first")
     max_attempts: int | None = Field(default=None, ge=1, le=20,
                                      description="Attempts for the job's own failures (infrastructure "
                                                  "interruptions do not spend them)")

@@ -8,15 +8,15 @@ from typing import Any
 
 import jinja2
 import orjson
-from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest, NotFound
 from app.models import GenerationItem, Job, utcnow
 from app.schemas.generation import GenerationSpec
+from app.services.templates import ENV as _ENV
+from app.services.templates import TemplateError, render_bounded
 
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 ROLE_ALIASES = {"student": "user", "human": "user", "mentor": "assistant", "tutor": "assistant", "gpt": "assistant"}
 
@@ -28,6 +28,9 @@ def compile_template(text: str, field: str = "spec.prompt") -> jinja2.Template:
         raise InvalidRequest(f"{field}: template error on line {exc.lineno}: {exc.message}",
                              errors=[{"loc": ["body", *field.split("."), "line", exc.lineno], "msg": str(exc.message)}]
                              ) from None
+    except RecursionError:
+        raise InvalidRequest(f"{field}: the template nests too deeply to compile; flatten its expressions.",
+                             errors=[{"loc": ["body", *field.split(".")], "msg": "nested too deeply"}]) from None
 
 
 def item_count(spec: GenerationSpec, source_rows: int | None = None) -> int:
@@ -50,24 +53,30 @@ def item_vars(spec: GenerationSpec, resolved: dict[str, Any], index: int, row: A
 
 
 def render(template: jinja2.Template, values: dict[str, Any]) -> str:
+    """Render within the template bounds (app/services/templates.py); `TemplateError` (a ValueError) says what
+    went wrong: an undefined variable, a runtime error, or a bound exceeded."""
+    return render_bounded(template, values)
+
+
+def _check_render(template: jinja2.Template, values: dict[str, Any], field: str) -> None:
     try:
-        return template.render(**values)
-    except jinja2.UndefinedError as exc:
-        raise ValueError(f"template uses an undefined variable: {exc.message}") from None
+        render(template, values)
+    except TemplateError as exc:
+        raise InvalidRequest(f"{field}: {exc}. A template sees topic, variant, index, seed, row, and spec.vars.",
+                             errors=[{"loc": ["body", *field.split(".")], "msg": str(exc)}]) from None
 
 
 def check_spec(spec: GenerationSpec) -> None:
-    """Fail at submit when the template cannot render for the first item."""
+    """Fail at submit when a template cannot render for the first item (with no source rows to read, the
+    first item is what every item looks like): syntax, undefined variables, runtime errors, bounds."""
     resolved = spec.resolved()
     template = compile_template(resolved["prompt"])
-    if resolved["system"]:
-        compile_template(resolved["system"], "spec.system")
+    system = compile_template(resolved["system"], "spec.system") if resolved["system"] else None
     if spec.source_artifact is None:
-        try:
-            render(template, item_vars(spec, resolved, 0))
-        except ValueError as exc:
-            raise InvalidRequest(f"spec.prompt: {exc}. Available: topic, variant, index, seed, row, and spec.vars.",
-                                 errors=[{"loc": ["body", "spec", "prompt"], "msg": str(exc)}]) from None
+        values = item_vars(spec, resolved, 0)
+        _check_render(template, values, "spec.prompt")
+        if system is not None:
+            _check_render(system, values, "spec.system")
 
 
 def parse_dialogue(content: str) -> list[dict[str, Any]]:
@@ -106,6 +115,29 @@ def ensure_items(session: Session, job_id: str, n: int) -> None:
              "completion_tokens": 0, "cost_usd": 0.0, "updated_at": now}
             for i in range(start, min(n, start + 5000))
         ])
+
+
+def retry_outage_failures(session: Session, job_id: str, codes: tuple[str, ...]) -> int:
+    """A new run of the job (a retry, a resume, a takeover) calls the provider again for the items an outage
+    failed (`codes`); items the provider or the template refused stay failed. Returns how many."""
+    rows = session.execute(select(GenerationItem.index, GenerationItem.error).where(
+        GenerationItem.job_id == job_id, GenerationItem.status == "failed")).all()
+    again = [r.index for r in rows if (r.error or {}).get("code") in codes]
+    for start in range(0, len(again), 5000):
+        session.execute(update(GenerationItem).where(
+            GenerationItem.job_id == job_id, GenerationItem.index.in_(again[start:start + 5000])
+        ).values(status="pending", error=None, updated_at=utcnow()))
+    return len(again)
+
+
+def failure_example(session: Session, job_id: str, code: str) -> str:
+    """The message of one failed item with this error code (the first by index)."""
+    for err in session.execute(select(GenerationItem.error).where(
+            GenerationItem.job_id == job_id, GenerationItem.status == "failed").order_by(GenerationItem.index)
+            ).scalars():
+        if (err or {}).get("code", "unknown") == code:
+            return str((err or {}).get("message") or "")[:300]
+    return ""
 
 
 def pending_indices(session: Session, job_id: str) -> list[int]:

@@ -80,7 +80,8 @@ class JobReader:
         self._timeout = min(READ_TIMEOUT_SECONDS, settings.sql_statement_timeout_seconds)
         dsn = "postgresql://" + self.url.split("://", 1)[1]
         self.pool = await asyncpg.create_pool(
-            dsn, min_size=0, max_size=10,  # min 0: the API starts even while the database is down
+            dsn, min_size=0, max_size=settings.sql_pool_size + settings.sql_max_overflow,
+            # min 0: the API starts even while the database is down
             init=_codecs, reset=_no_reset,
             timeout=settings.sql_connect_timeout_seconds,  # connecting (TCP and startup)
             command_timeout=self._timeout,  # each query; asyncpg cancels it server-side on expiry
@@ -118,7 +119,8 @@ class JobReader:
     async def _fetchrow(self, *args: Any) -> Any:
         """One query on a pooled connection. A connection that raised (or was cancelled) is terminated rather
         than released: its protocol state is unknown, and the pool opens a new one in its place."""
-        conn = await self.pool.acquire(timeout=self._timeout)
+        # Every connection busy for sql_pool_timeout_seconds: asyncio's TimeoutError, answered 503 (get_json).
+        conn = await self.pool.acquire(timeout=min(self._timeout, get_settings().sql_pool_timeout_seconds))
         try:
             row = await conn.fetchrow(_SQL, *args)
         except BaseException:

@@ -17,7 +17,8 @@ from app.models import TERMINAL_STATUSES, Artifact, Checkpoint, Job, JobEvent, n
 from app.queue import enqueue
 from app.schemas.jobs import JobCreateBase
 from app.services import generation as generation_service
-from app.services import transitions
+from app.services import quotas, transitions
+from app.services import training as training_service
 from app.services.auth import Caller
 from app.settings import Settings
 
@@ -115,12 +116,22 @@ def _check_training(session: Session, caller: Caller, spec: Any, settings: Setti
     _check_chatml(session, caller, spec.train_artifact, "train_artifact", need_rows=True)
     if spec.validation_artifact is not None:
         _check_chatml(session, caller, spec.validation_artifact, "validation_artifact", need_rows=False)
-    if spec.from_checkpoint and not spec.from_checkpoint.startswith("tinker://"):
+    if spec.from_checkpoint and spec.from_checkpoint.startswith("tinker://"):
+        # One Tinker key serves every team: a raw path is accepted only if it is one of the team's checkpoints.
+        if not training_service.owns_tinker_path(session, team_id=caller.team_id, uri=spec.from_checkpoint):
+            raise InvalidRequest(_foreign_path("spec.from_checkpoint", spec.from_checkpoint),
+                                 errors=[{"loc": ["body", "spec", "from_checkpoint"], "msg": "not your checkpoint"}])
+    elif spec.from_checkpoint:
         found = session.execute(select(Checkpoint.id).join(Job, Job.id == Checkpoint.job_id).where(
             Checkpoint.id == spec.from_checkpoint, Job.team_id == caller.team_id)).first()
         if found is None:
             raise InvalidRequest(f"spec.from_checkpoint: no checkpoint {spec.from_checkpoint} in your team.",
                                  errors=[{"loc": ["body", "spec", "from_checkpoint"], "msg": "unknown checkpoint"}])
+
+
+def _foreign_path(field: str, uri: str) -> str:
+    return (f"{field}: {uri} is not a checkpoint of your team; use a checkpoint id from "
+            "GET /v1/jobs/{id}/checkpoints.")
 
 
 def _check_evaluation(session: Session, caller: Caller, spec: Any, settings: Settings,
@@ -134,6 +145,9 @@ def _check_evaluation(session: Session, caller: Caller, spec: Any, settings: Set
                 raise InvalidRequest(f"spec.checkpoints[{i}]: {ref} is not sampler weights (a path with "
                                      "/sampler_weights/); use a training job's sampler_path.",
                                      errors=[{"loc": loc, "msg": "not sampler weights"}])
+            if not training_service.owns_tinker_path(session, team_id=caller.team_id, uri=ref):
+                raise InvalidRequest(_foreign_path(f"spec.checkpoints[{i}]", ref),
+                                     errors=[{"loc": loc, "msg": "not your checkpoint"}])
             continue
         kind = session.scalar(select(Checkpoint.kind).join(Job, Job.id == Checkpoint.job_id).where(
             Checkpoint.id == ref, Job.team_id == caller.team_id))
@@ -225,6 +239,8 @@ def submit(
         replay = _replay(session, caller.team_id, idempotency_key, body_hash)
         if replay is not None:
             return replay, True
+    if kind == "generation":
+        spec = quotas.budget_generation(session, caller.team_id, spec, settings)
 
     ready = _check_dependencies(session, caller.team_id, body.depends_on)
     now = utcnow()
@@ -294,21 +310,32 @@ def list_jobs(
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[dict[str, Any]], bool, str | None]:
-    """Newest first. Ids are time-ordered, so the cursor is the last id seen."""
+    """Newest first. Ids are time-ordered, so the cursor is the last id seen. Every filter is checked here, so
+    a bad one is a 422 naming it (never a database error): `created_after` is clamped to the years jobs can
+    have, a label may not hold control characters (PostgreSQL cannot store NUL), a cursor must be a job id."""
+    from app.schemas.common import JOB_CURSOR, clamp_utc, control_characters
+    from app.settings import JOB_KINDS
+
     query = select(*JOB_COLUMNS).where(Job.team_id == team_id)
     if kind:
+        if kind not in (*JOB_KINDS, "test"):
+            raise InvalidRequest(f"kind: '{kind[:50]}' is not a job kind; use one of {', '.join(JOB_KINDS)}.",
+                                 errors=[{"loc": ["query", "kind"], "msg": "unknown kind"}])
         query = query.where(Job.kind == kind)
     if status:
         query = query.where(Job.status == status)
     if created_after:
-        query = query.where(Job.created_at > created_after)
+        query = query.where(Job.created_at > clamp_utc(created_after))
     if label:
         name, sep, value = label.partition(":")
-        if not sep:
-            raise InvalidRequest("label must look like 'name:value'.",
-                                 errors=[{"loc": ["query", "label"], "msg": "expected name:value"}])
+        if not sep or not name or not value or len(name) > 200 or len(value) > 200 or control_characters(label):
+            raise InvalidRequest("label: must look like 'name:value', each part 1–200 characters without control "
+                                 "characters.", errors=[{"loc": ["query", "label"], "msg": "expected name:value"}])
         query = query.where(Job.labels[name].as_string() == value)
     if cursor:
+        if not JOB_CURSOR.fullmatch(cursor):
+            raise InvalidRequest("cursor: not a cursor this API returned; pass next_cursor from the previous page.",
+                                 errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}])
         query = query.where(Job.id < cursor)
     rows = session.execute(query.order_by(Job.id.desc()).limit(limit + 1)).all()
     has_more = len(rows) > limit

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import and_, delete, insert, or_, select
 from sqlalchemy.orm import Session
 
-from app.errors import NotFound
+from app.db import session_scope
+from app.errors import InvalidRequest, NotFound
 from app.models import Checkpoint, Job, Metric, new_id, row_dict, utcnow
 
 CHECKPOINT_COLUMNS = (Checkpoint.id, Checkpoint.step, Checkpoint.kind, Checkpoint.uri, Checkpoint.next_step,
@@ -36,9 +38,20 @@ def add_checkpoint(session: Session, *, job_id: str, step: int, kind: str, uri: 
     return checkpoint_id
 
 
+def owns_tinker_path(session: Session, *, team_id: str, uri: str) -> bool:
+    """Whether `uri` is one of the team's recorded checkpoints (a state, or the sampler weights a training job
+    saved at its end). One Tinker key serves every team, so a path is only usable by the team that made it."""
+    return session.execute(select(Checkpoint.id).join(Job, Job.id == Checkpoint.job_id)
+                           .where(Checkpoint.uri == uri, Job.team_id == team_id).limit(1)).first() is not None
+
+
 def resolve_checkpoint(session: Session, *, team_id: str, ref: str) -> str:
-    """A checkpoint id of the team (or a tinker:// path, returned as given) → its tinker:// path."""
+    """A checkpoint id of the team, or a tinker:// path of one of its checkpoints → its tinker:// path.
+    Checked again when the job runs, so a worker never uses another team's weights."""
     if ref.startswith("tinker://"):
+        if not owns_tinker_path(session, team_id=team_id, uri=ref):
+            raise NotFound(f"{ref} is not a checkpoint of your team; use a checkpoint id from "
+                           "GET /v1/jobs/{id}/checkpoints.")
         return ref
     uri = session.scalar(select(Checkpoint.uri).join(Job, Job.id == Checkpoint.job_id)
                          .where(Checkpoint.id == ref, Job.team_id == team_id))
@@ -47,11 +60,21 @@ def resolve_checkpoint(session: Session, *, team_id: str, ref: str) -> str:
     return uri
 
 
-def list_checkpoints(session: Session, *, team_id: str, job_id: str) -> list[dict[str, Any]]:
+def list_checkpoints(session: Session, *, team_id: str, job_id: str, after: str | None = None,
+                     limit: int | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """A page of a job's checkpoints in (step, id) order after the checkpoint `after`, and whether more follow."""
     _owned(session, team_id, job_id)
-    rows = session.execute(select(*CHECKPOINT_COLUMNS).where(Checkpoint.job_id == job_id)
-                           .order_by(Checkpoint.step, Checkpoint.created_at)).all()
-    return [row_dict(r, "created_at") for r in rows]
+    query = select(*CHECKPOINT_COLUMNS).where(Checkpoint.job_id == job_id)
+    if after is not None:
+        step = session.scalar(select(Checkpoint.step).where(Checkpoint.job_id == job_id, Checkpoint.id == after))
+        if step is None:
+            raise InvalidRequest(f"after must be the id of one of this job's checkpoints (a next_cursor); {after!r} "
+                                 "is not.", errors=[{"loc": ["query", "after"], "msg": "unknown checkpoint"}])
+        query = query.where(or_(Checkpoint.step > step, and_(Checkpoint.step == step, Checkpoint.id > after)))
+    query = query.order_by(Checkpoint.step, Checkpoint.id)
+    rows = session.execute(query if limit is None else query.limit(limit + 1)).all()
+    more = limit is not None and len(rows) > limit
+    return [row_dict(r, "created_at") for r in rows[:limit]], more
 
 
 def forget_metrics_from(session: Session, job_id: str, step: int) -> None:
@@ -72,12 +95,52 @@ def metric_value(session: Session, job_id: str, name: str, step: int) -> float |
 
 
 def metric_series(session: Session, *, team_id: str, job_id: str, names: list[str] | None,
-                  after_step: int) -> dict[str, list[list[float]]]:
+                  after_step: int, limit: int | None = None) -> tuple[dict[str, list[list[float]]], int | None]:
+    """Series of [step, value] per name for at most `limit` steps after `after_step`; and the last step of the
+    page when more steps follow (the next page's `after_step`), else None."""
     _owned(session, team_id, job_id)
-    query = select(Metric.name, Metric.step, Metric.value).where(Metric.job_id == job_id, Metric.step > after_step)
+    wanted = [Metric.job_id == job_id, Metric.step > after_step]
     if names:
-        query = query.where(Metric.name.in_(names))
+        wanted.append(Metric.name.in_(names))
+    next_cursor = None
+    if limit is not None:
+        steps = session.scalars(select(Metric.step).where(*wanted).distinct().order_by(Metric.step)
+                                .limit(limit + 1)).all()
+        if not steps:
+            return {}, None
+        page = steps[:limit]
+        wanted.append(Metric.step <= page[-1])
+        next_cursor = page[-1] if len(steps) > limit else None
     series: dict[str, list[list[float]]] = {}
+    query = select(Metric.name, Metric.step, Metric.value).where(*wanted)
     for name, step, value in session.execute(query.order_by(Metric.name, Metric.step)):
         series.setdefault(name, []).append([step, value])
-    return series
+    return series, next_cursor
+
+
+def owned_job(session: Session, *, team_id: str, job_id: str) -> None:
+    """NotFound unless the job is the team's (checked before a streamed download starts)."""
+    _owned(session, team_id, job_id)
+
+
+def iter_metric_rows(job_id: str, names: list[str] | None, after_step: int,
+                     chunk: int = 5000) -> Iterator[list[tuple[int, str, float]]]:
+    """Every (step, name, value) of a job in step order, read in keyset-paged chunks, each in a short session
+    of its own, so a long download holds neither memory nor a transaction."""
+    last: tuple[int, str] | None = None
+    while True:
+        query = select(Metric.step, Metric.name, Metric.value).where(Metric.job_id == job_id,
+                                                                     Metric.step > after_step)
+        if names:
+            query = query.where(Metric.name.in_(names))
+        if last is not None:
+            query = query.where(or_(Metric.step > last[0], and_(Metric.step == last[0], Metric.name > last[1])))
+        with session_scope() as session:
+            rows = [(r.step, r.name, r.value) for r in
+                    session.execute(query.order_by(Metric.step, Metric.name).limit(chunk))]
+        if not rows:
+            return
+        yield rows
+        if len(rows) < chunk:
+            return
+        last = (rows[-1][0], rows[-1][1])

@@ -28,6 +28,7 @@ from sqlalchemy import (
     bindparam,
     case,
     exists,
+    func,
     insert,
     or_,
     select,
@@ -36,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobDependency, JobEvent, db_now, utcnow
+from app.settings import get_settings
 
 Event = tuple[str, dict[str, Any]]
 DB = Session | Connection  # a session, or a bare connection from app.db.run_statement
@@ -96,6 +98,8 @@ _GUARDS: dict[str, Callable[[], list[ColumnElement[bool]]]] = {
         or_(and_(Job.status == "queued", or_(Job.not_before.is_(None), Job.not_before <= db_now())),
             and_(Job.status == "running", Job.heartbeat_at < _lease_cutoff())),
     ],
+    # Claimable, and the team runs fewer than `g_cap` jobs of this kind (TUNEQ_MAX_RUNNING_PER_TEAM).
+    "claimable_capped": lambda: [*_GUARDS["claimable"](), _running_of_team_and_kind() < bindparam("g_cap")],
     "leased": lambda: [Job.lease_token == bindparam("g_token"), Job.status == "running"],
     # The reaper re-checks staleness in the UPDATE itself: a heartbeat that lands first wins.
     "stale": lambda: [Job.lease_token == bindparam("g_token"), Job.status == "running",
@@ -180,20 +184,42 @@ def _change(
 # ---- worker side -----------------------------------------------------------------------------
 
 
-def claim(db: DB, job_id: str, *, owner: str, lease_seconds: float) -> Claim | None:
+def _running_of_team_and_kind() -> Any:
+    """How many other jobs of this job's team and kind run now (a scalar subquery of the claim's UPDATE)."""
+    other = Job.__table__.alias("other")
+    return (select(func.count()).select_from(other)
+            .where(other.c.team_id == Job.team_id, other.c.kind == Job.kind, other.c.status == "running",
+                   other.c.id != Job.id).scalar_subquery())
+
+
+def claim(db: DB, job_id: str, *, owner: str, lease_seconds: float,
+          running_caps: Mapping[str, int] | None = None) -> Claim | None:
     """Take the job if it is queued (and due), or running under a lease that went stale. None: not ours.
-    A preempted job (or a stale one taken over) resumes the same attempt; anything else starts a new one."""
+    A preempted job (or a stale one taken over) resumes the same attempt; anything else starts a new one.
+
+    With a cap for the job's kind (`running_caps`, default TUNEQ_MAX_RUNNING_PER_TEAM), the same UPDATE also
+    requires the team to run fewer jobs of that kind; a job over the cap stays queued, spending no attempt and
+    no preemption, and the reaper sends its wake-up again later (docs/architecture.md, "Reaper", step 3).
+    Two claims racing on PostgreSQL can each see the other's job still queued, so a cap can be passed by the
+    claims that land in the same instant; SQLite serialises them."""
     now = utcnow()
+    caps = get_settings().max_running_per_team if running_caps is None else running_caps
+    cap = None
+    if caps:
+        kind = db.execute(select(Job.kind).where(Job.id == job_id)).scalar_one_or_none()
+        cap = caps.get(kind) if kind is not None else None
+    guard: dict[str, Any] = {} if cap is None else {"cap": cap}
     row = _change(
         db,
         job_id,
-        "claimable",
+        "claimable" if cap is None else "claimable_capped",
         {"status": "running", "lease_owner": owner, "lease_token": INCREMENT, "heartbeat_at": NOW,
          "progress_at": NOW, "attempt": ATTEMPT_UNLESS_RESUMING, "preemptions": COUNT_TAKEOVER,
          "preempted": False, "not_before": None, "started_at": now},
         [("running", {"owner": owner})],
         now,
         lease=lease_seconds,
+        **guard,
     )
     if row is None:
         return None

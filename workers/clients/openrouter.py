@@ -52,6 +52,10 @@ class ChatResult:
     finish_reason: str | None
 
 
+# Error codes of calls that failed on the service's side after every retry (see OpenRouterError.outage).
+OUTAGE_CODES = ("provider_error", "timeout", "rate_limited")
+
+
 class OpenRouterError(Exception):
     """A chat call that did not produce a result.
 
@@ -73,6 +77,12 @@ class OpenRouterError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    @property
+    def outage(self) -> bool:
+        """OpenRouter or its provider kept failing (5xx, timeouts, connection errors, rate limits) through all
+        retries: not the request's fault, worth trying again later."""
+        return self.retryable and self.code in OUTAGE_CODES
 
     def __repr__(self) -> str:
         return (f"OpenRouterError(code={self.code!r}, status={self.status!r}, fatal={self.fatal}, "

@@ -394,16 +394,37 @@ def result_of(future: Any, ctx: Waiter, what: str) -> Any:
         _abandon(future)
         raise
     except Exception as exc:
-        kind = classify_error(exc)
-        message = str(exc)[:500] or type(exc).__name__
-        if kind == "user":
-            raise JobFailed("tinker_rejected", f"Tinker rejected {what}: {message}") from None
-        if kind == "transient":
-            raise RetryJob("tinker_unavailable",
-                           f"Tinker was unavailable during {what} ({type(exc).__name__}: {message}); the job will "
-                           "be retried (training resumes from its last checkpoint).") from None
-        raise JobFailed("tinker_error", f"Tinker refused {what} ({type(exc).__name__}: {message}). Check "
-                        "TINKER_API_KEY and the account.", user_error=False) from None
+        raise job_error(exc, what, getattr(ctx, "job_id", None)) from None
+
+
+def from_tinker(exc: BaseException) -> bool:
+    """True when the SDK (or the HTTP layer under it) raised `exc` or something in its cause chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, tinker.TinkerError) or type(current).__module__.startswith("tinker"):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def job_error(exc: BaseException, what: str, job_id: str | None = None) -> JobFailed | RetryJob:
+    """How a failed Tinker call ends the job: the request's fault (`tinker_rejected`, a user error), an outage
+    (`tinker_unavailable`: retried while attempts last, then resumable; never the user's fault nor "a bug"), or
+    an account problem an operator must fix (`tinker_error`)."""
+    kind = classify_error(exc)
+    message = str(exc)[:500] or type(exc).__name__
+    if kind == "user":
+        return JobFailed("tinker_rejected", f"Tinker rejected {what}: {message}")
+    if kind == "transient":
+        resume = f"POST /v1/jobs/{job_id}/resume" if job_id else "POST /v1/jobs/{id}/resume"
+        return RetryJob("tinker_unavailable",
+                        f"Tinker could not be reached during {what} ({type(exc).__name__}: {message}). This is an "
+                        f"outage on Tinker's side: the job is retried while it has attempts left, and can then be "
+                        f"resumed with {resume} (training continues from its last checkpoint).")
+    return JobFailed("tinker_error", f"Tinker refused {what} ({type(exc).__name__}: {message}). Check "
+                     "TINKER_API_KEY and the account.", user_error=False)
 
 
 def _abandon(future: Any) -> None:

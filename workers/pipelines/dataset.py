@@ -95,7 +95,7 @@ def _detect(spec: DatasetSpec, head: list[Row], ctx: JobContext) -> Any:
 def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     spec = DatasetSpec.model_validate(spec_dict)
     workdir = artifacts_service.local_path(f"{ctx.team_id}/{ctx.job_id}")
-    workdir.mkdir(parents=True, exist_ok=True)
+    artifacts_service.private_dir(workdir)
     try:
         return _run(spec, ctx, workdir)
     except SourceError as exc:
@@ -141,7 +141,8 @@ def _run(spec: DatasetSpec, ctx: JobContext, workdir: Path) -> dict[str, Any]:
         staging.write(b"".join(lines))
 
     # Tokenizing batch k (tiktoken releases the GIL) overlaps with parsing and validating batch k+1.
-    with open(staging_path, "wb") as staging, ThreadPoolExecutor(1, thread_name_prefix="tokenize") as encoder:
+    with (open(staging_path, "wb", opener=artifacts_service.private_opener) as staging,
+          ThreadPoolExecutor(1, thread_name_prefix="tokenize") as encoder):
         pending: tuple[list[tuple[int, list[Any]]], Future[list[tuple[int, int]]]] | None = None
         while True:
             batch = list(islice(all_rows, BATCH))

@@ -33,7 +33,7 @@ from app.services import training as training_service
 from workers.clients.tinker import make_service_client, open_client, result_of
 from workers.errors import JobFailed
 from workers.lease import JobContext
-from workers.pipelines.training import load_conversations
+from workers.pipelines.rows import load_conversations
 
 IN_FLIGHT = 64  # scoring requests outstanding at once, per model
 PROGRESS_SECONDS = 1.0
@@ -114,7 +114,7 @@ def _split_last_reply(messages: list[dict[str, Any]]) -> tuple[list[dict[str, An
 def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     spec = EvaluationSpec.model_validate(spec_dict)
     models = _models(spec, ctx)
-    rows = load_conversations(ctx, spec.eval_artifact)
+    rows = load_conversations(ctx, spec.eval_artifact, limit=spec.max_examples)  # reading stops there
     kept, rendered = _examples(spec, rows)
     sampled = [(i, *_split_last_reply(rows[i])) for i in kept[: spec.samples]]
     prompts = [render_prompt(context, enable_thinking=spec.enable_thinking) for _, context, _ in sampled]

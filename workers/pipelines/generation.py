@@ -18,11 +18,12 @@ import orjson
 
 from app.chat import conversation_hash, validate_conversation
 from app.db import session_scope
+from app.errors import InvalidRequest
 from app.schemas.generation import GenerationSpec
 from app.services import artifacts as artifacts_service
 from app.services import generation as generation_service
 from app.services.transitions import LeaseLost
-from workers.clients.openrouter import OpenRouterClient, OpenRouterError, RateLimiter
+from workers.clients.openrouter import OUTAGE_CODES, OpenRouterClient, OpenRouterError, RateLimiter
 from workers.errors import JobFailed
 from workers.lease import JobContext
 from workers.sources import iter_file_rows
@@ -52,19 +53,55 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     resolved = spec.resolved()
     rows = _source_rows(spec, ctx) if spec.source_artifact else None
     n = generation_service.item_count(spec, len(rows) if rows is not None else None)
+    templates = _compile(resolved)
     with session_scope() as session:
         generation_service.ensure_items(session, ctx.job_id, n)
+        generation_service.retry_outage_failures(session, ctx.job_id, OUTAGE_CODES)
         pending = generation_service.pending_indices(session, ctx.job_id)
         before = generation_service.totals(session, ctx.job_id)
     state = Run(total=n, done_before=n - len(pending), spent=before["cost_usd"])
     ctx.event("plan", {"items": n, "pending": len(pending), "done_before": state.done_before,
                        "spent_before_usd": round(state.spent, 6)})
 
-    asyncio.run(_generate(spec, resolved, rows, pending, ctx, state))
+    asyncio.run(_generate(spec, resolved, templates, rows, pending, ctx, state))
     if state.fatal is not None:
-        raise JobFailed(state.fatal.code, state.fatal.message, details={"status": state.fatal.status})
+        # Configuration the operator or the spec must fix (key, credits, model): the provider said so.
+        raise JobFailed(state.fatal.code, state.fatal.message, details={"status": state.fatal.status},
+                        user_error=state.fatal.code not in ("invalid_api_key", "insufficient_credits"))
     ctx.check()  # lease lost → stop; cancel requested → cancelled (what was made is kept in the items)
+    _fail_if_nothing_made(ctx)
     return _write_output(spec, ctx, state)
+
+
+def _compile(resolved: dict[str, Any]) -> tuple[jinja2.Template, jinja2.Template | None]:
+    try:
+        return (generation_service.compile_template(resolved["prompt"]),
+                generation_service.compile_template(resolved["system"], "spec.system") if resolved["system"] else None)
+    except InvalidRequest as exc:  # checked at submit; a server with other bounds may still refuse it
+        raise JobFailed("invalid_template", exc.detail) from None
+
+
+def _fail_if_nothing_made(ctx: JobContext) -> None:
+    """A job whose every item failed has nothing to show: it fails, saying how many and the usual reason."""
+    with session_scope() as session:
+        by_status = generation_service.totals(session, ctx.job_id)["by_status"]
+        failures = generation_service.failures_by_reason(session, ctx.job_id)
+        if by_status.get("ok", 0) or by_status.get("pending", 0) or not failures:
+            return
+        code, count = max(failures.items(), key=lambda kv: kv[1])
+        example = generation_service.failure_example(session, ctx.job_id, code)
+    failed = sum(failures.values())
+    details = {"failed_items": failed, "failed_by_reason": failures}
+    if code in OUTAGE_CODES:
+        raise JobFailed("provider_unavailable",
+                        f"All {failed} items failed because the model provider could not be reached or kept "
+                        f"failing ({count} × {code}: {example}). This is an outage, not your spec: the job can be "
+                        f"resumed with POST /v1/jobs/{ctx.job_id}/resume, which retries those items.",
+                        user_error=False, details=details)
+    raise JobFailed("all_items_failed",
+                    f"All {failed} items failed; the most common reason ({count} of them) is {code}: {example}. "
+                    f"GET /v1/jobs/{ctx.job_id}/items?status=failed lists every failure.",
+                    details=details)
 
 
 def _source_rows(spec: GenerationSpec, ctx: JobContext) -> list[dict[str, Any]]:
@@ -109,12 +146,11 @@ def _to_chatml(output: str, prompt: list[dict[str, str]], content: str) -> tuple
     return messages, None
 
 
-async def _generate(spec: GenerationSpec, resolved: dict[str, Any], rows: list[dict[str, Any]] | None,
+async def _generate(spec: GenerationSpec, resolved: dict[str, Any],
+                    templates: tuple[jinja2.Template, jinja2.Template | None], rows: list[dict[str, Any]] | None,
                     pending: list[int], ctx: JobContext, state: Run) -> None:
     settings = ctx.settings
     assert settings.openrouter_api_key is not None
-    templates = (generation_service.compile_template(resolved["prompt"]),
-                 generation_service.compile_template(resolved["system"], "spec.system") if resolved["system"] else None)
     sampling = {"temperature": resolved["temperature"], "top_p": resolved["top_p"],
                 "max_tokens": resolved["max_tokens"], "seed": spec.seed}
     response_format = {"type": "json_object"} if resolved["output"] == "dialogue" else None
@@ -285,7 +321,12 @@ def _write_output(spec: GenerationSpec, ctx: JobContext, state: Run) -> dict[str
              "retries": max(0, totals["calls"] - by_status.get("ok", 0) - by_status.get("failed", 0))}
     [artifact_id] = ctx.publish_artifacts([{"kind": "dataset", "name": "generated.jsonl", "writer": writer,
                                              "fmt": "chatml_jsonl", "rows": rows, "meta": {"split": "train"}}])
-    result: dict[str, Any] = {"artifact": artifact_id, "train_artifact": artifact_id, "rows": rows, **stats}
+    result: dict[str, Any] = {"artifact": artifact_id, "train_artifact": artifact_id, "rows": rows,
+                              "failed_items": stats["failed"], **stats}
+    if stats["failed"]:
+        ctx.event("warning", {"code": "items_failed", "failed_items": stats["failed"], "failed_by_reason": failures,
+                              "message": f"{stats['failed']} of {state.total} items failed; the dataset has the "
+                                         f"{stats['ok']} that succeeded (GET /v1/jobs/{ctx.job_id}/items?status=failed)"})
     if state.stop_reason == "budget":
         result["stop_reason"] = (f"max_cost_usd reached: spent ${totals['cost_usd']:.4f} of ${spec.max_cost_usd}; "
                                  f"{stats['pending']} items were not generated")

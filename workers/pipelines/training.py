@@ -20,6 +20,9 @@ When the worker asks the job to stop (a cancel, or a shutdown: `ctx.stop_request
 finishes, a checkpoint is saved and recorded at that step, and `ctx.check()` ends the run: cancelled, or handed
 back to resume elsewhere without spending an attempt.
 
+The run holds the byte offsets of its rows, not the rows: each batch is read by offset when it is built
+(workers/pipelines/rows.py), so the same seed gives the same batches whatever the dataset's size.
+
 With `export_adapter`, the final LoRA weights are also exported (workers/pipelines/adapter_export.py).
 """
 
@@ -37,14 +40,14 @@ import httpx
 import numpy as np
 from tinker import types
 
-from app.chat import RENDERER_VERSION, count_batch, render
+from app.chat import RENDERER_VERSION, render
 from app.schemas.training import TrainingSpec
-from app.services import artifacts as artifacts_service
 from app.services import training as training_service
 from workers.clients.tinker import datum_from, lr_for, make_service_client, open_client, result_of
 from workers.errors import JobFailed, Preempted
 from workers.lease import JobContext
 from workers.pipelines.adapter_export import export_adapter
+from workers.pipelines.rows import Fitted, Rows, fit_rows, load_dataset
 
 EVENT_SECONDS = 5.0
 DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0, pool=10.0)
@@ -53,22 +56,6 @@ DOWNLOAD_CHUNK = 1 << 20
 BATCH_ORDER = "numpy.default_rng(seed+epoch).permutation/1"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Dataset:
-    rows: list[list[dict[str, Any]]]
-    sha256: str | None
-
-
-def load_dataset(ctx: JobContext, artifact_id: str) -> Dataset:
-    path, meta = ctx.read(lambda session: artifacts_service.path_of(session, team_id=ctx.team_id,
-                                                                    artifact_id=artifact_id))
-    return Dataset([row["messages"] for row in artifacts_service.iter_jsonl_rows(path)], meta.get("sha256"))
-
-
-def load_conversations(ctx: JobContext, artifact_id: str) -> list[list[dict[str, Any]]]:
-    return load_dataset(ctx, artifact_id).rows
 
 
 @dataclass(frozen=True)
@@ -97,33 +84,21 @@ class Plan:
         return asdict(self)
 
 
-def _fit(spec: TrainingSpec, rows: list[list[dict[str, Any]]], what: str) -> tuple[list[Any], list[tuple[int, int]]]:
-    """Rows that fit in max_length (with their token counts); fail clearly when none does."""
-    counts = count_batch(rows, train_on=spec.train_on, enable_thinking=spec.enable_thinking)
-    kept = [(r, c) for r, c in zip(rows, counts, strict=True) if c[0] <= spec.max_length and c[1] > 0]
-    if not kept:
-        shortest = min((c[0] for c in counts), default=0)
-        raise JobFailed("no_trainable_examples",
-                        f"No {what} example fits in max_length={spec.max_length} tokens (the shortest has "
-                        f"{shortest}). Raise spec.max_length or use shorter conversations.")
-    return [r for r, _ in kept], [c for _, c in kept]
-
-
 def _epoch_order(seed: int, epoch: int, examples: int) -> np.ndarray:
     return np.random.default_rng(seed + epoch).permutation(examples)
 
 
-def make_plan(spec: TrainingSpec, counts: list[tuple[int, int]], dropped: int, *, train_sha256: str | None = None,
+def make_plan(spec: TrainingSpec, fitted: Fitted, *, train_sha256: str | None = None,
               validation_sha256: str | None = None, validation_examples: int = 0) -> Plan:
-    n = len(counts)
+    n = len(fitted.rows)
     per_epoch = max(1, n // spec.batch_size)
     total = per_epoch * (spec.epochs or 1)
     if spec.max_steps is not None:
         total = spec.max_steps if spec.epochs is None else min(total, spec.max_steps)
     order = np.ascontiguousarray(_epoch_order(spec.seed, 0, n), dtype="<i8")
-    return Plan(examples=n, dropped_too_long=dropped, steps_per_epoch=per_epoch, total_steps=total,
-                batch_size=min(spec.batch_size, n), trained_tokens_per_epoch=sum(c[1] for c in counts),
-                tokens_per_epoch=sum(c[0] for c in counts),
+    return Plan(examples=n, dropped_too_long=fitted.total - n, steps_per_epoch=per_epoch, total_steps=total,
+                batch_size=min(spec.batch_size, n), trained_tokens_per_epoch=fitted.trained_tokens,
+                tokens_per_epoch=fitted.tokens,
                 learning_rate=spec.learning_rate or lr_for(spec.base_model), lr_schedule=spec.lr_schedule,
                 warmup_steps=spec.warmup_steps, seed=spec.seed, train_sha256=train_sha256,
                 validation_sha256=validation_sha256, validation_examples=validation_examples,
@@ -182,10 +157,12 @@ class Batch:
     trained: float  # Σ weights: the denominator of the mean loss, computed off the critical path
 
 
-def _datums(spec: TrainingSpec, rows: list[Any], indices: Any) -> Batch:
+def _datums(spec: TrainingSpec, rows: Rows | list[Any], indices: Any) -> Batch:
+    """The batch of rows `indices` (read by offset from a `Rows`, or taken from a list of conversations)."""
+    conversations = rows.take(indices) if isinstance(rows, Rows) else [rows[int(i)] for i in indices]
     datums, tokens, trained = [], 0, 0.0
-    for i in indices:
-        r = render(rows[int(i)], train_on=spec.train_on, enable_thinking=spec.enable_thinking)
+    for messages in conversations:
+        r = render(messages, train_on=spec.train_on, enable_thinking=spec.enable_thinking)
         datums.append(datum_from(r.tokens, r.weights))
         tokens += len(r.tokens) - 1
         trained += sum(r.weights[1:])
@@ -195,13 +172,16 @@ def _datums(spec: TrainingSpec, rows: list[Any], indices: Any) -> Batch:
 def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     spec = TrainingSpec.model_validate(spec_dict)
     train = load_dataset(ctx, spec.train_artifact)
-    rows, counts = _fit(spec, train.rows, "training")
-    val_rows: list[Any] = []
+    fitted = fit_rows(train, "training", max_length=spec.max_length, train_on=spec.train_on,
+                      enable_thinking=spec.enable_thinking)
+    rows = fitted.rows
+    val_rows: Rows | list[Any] = []
     validation = None
     if spec.validation_artifact:
         validation = load_dataset(ctx, spec.validation_artifact)
-        val_rows, _ = _fit(spec, validation.rows, "validation")
-    plan = make_plan(spec, counts, len(train.rows) - len(rows), train_sha256=train.sha256,
+        val_rows = fit_rows(validation, "validation", max_length=spec.max_length, train_on=spec.train_on,
+                            enable_thinking=spec.enable_thinking).rows
+    plan = make_plan(spec, fitted, train_sha256=train.sha256,
                      validation_sha256=validation.sha256 if validation else None, validation_examples=len(val_rows))
 
     def checkpoints(session: Any) -> tuple[Any, str | None]:
@@ -290,7 +270,7 @@ def _stop_reason(ctx: JobContext) -> str:
     return "cancelled" if ctx.cancel_requested.is_set() else "shutdown"
 
 
-def _train(spec: TrainingSpec, plan: Plan, rows: list[Any], val: list[Batch], client: Any, start: int,
+def _train(spec: TrainingSpec, plan: Plan, rows: Rows, val: list[Batch], client: Any, start: int,
            ctx: JobContext) -> dict[str, Any]:
     """The loop. The service runs requests in submission order, so after step k's results arrive we submit,
     in order: validation and `save_state` due after k steps, then step k+1; the local work for step k
