@@ -35,7 +35,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # POST routes that only read (path patterns): rendering a row of an artifact changes nothing.
 READ_POSTS = (re.compile(r"^/v1/artifacts/[^/]+/render$"),)
 ADMIN_PATHS = re.compile(r"^/v1/(admin(/|$)|keys(/|$))")
-FLOOD_ANSWER_DELAY_SECONDS = 0.25  # how long a refused key lookup waits before its 429
+FLOOD_ANSWER_DELAY_SECONDS = 0.25  # how long a 429 waits (no CPU spent): a flooding client slows itself
 CALLER = "tuneq_caller"  # the key of the authenticated Caller in the ASGI scope's "state"
 
 
@@ -100,6 +100,7 @@ class AuthGate:
         over = await self.limiter.hit(f"key:{caller.key_id}", limits)
         if over is not None:
             retry, limit = over
+            await asyncio.sleep(FLOOD_ANSWER_DELAY_SECONDS)  # a key over its limit is answered slowly too
             raise TooManyRequests(f"This API key went over its request limit ({limit}); retry in {retry} s.",
                                   retry_after=retry)
         needed = scope_for(scope["method"], scope["path"])
