@@ -81,8 +81,10 @@ def _run(ctx: JobContext) -> Outcome:
                                                          details=exc.details))
     except RetryJob as exc:
         return _retry(ctx, error_body(exc.code, exc.message, user_error=False))
-    except TuneqError as exc:  # a service refused the spec at run time (e.g. a checkpoint that is not the team's)
-        return _finished(ctx, "failed", error=error_body(exc.code, exc.detail, user_error=exc.status < 500))
+    except TuneqError as exc:
+        if exc.status < 500:  # a service refused the spec at run time (e.g. a checkpoint that is not the team's)
+            return _finished(ctx, "failed", error=error_body(exc.code, exc.detail, user_error=True))
+        return _hand_back(ctx, exc.code, {"message": exc.detail})  # the service's own trouble: a preemption
     except Preempted as exc:
         log.info("job %s: preempted (%s); handing it back", ctx.job_id, exc.reason)
         return _hand_back(ctx, exc.reason, {"message": exc.message})

@@ -7,7 +7,9 @@ from typing import Any
 import httpx
 import orjson
 
+from tests.conftest import make_client
 from tests.integration.test_training_jobs import make_dataset, submit, wait
+from tests.support import Stack
 
 
 def evaluate(client: httpx.Client, **spec: Any) -> httpx.Response:
@@ -79,3 +81,31 @@ def test_wrong_inputs_are_refused_with_what_to_fix(client: httpx.Client) -> None
 
 def dataset_job_id(client: httpx.Client) -> str:
     return str(client.get("/v1/jobs", params={"kind": "dataset"}).json()["data"][0]["id"])
+
+
+def test_a_path_that_is_not_the_teams_fails_the_job_as_the_users_error_when_it_runs(
+        stack: Stack, client: httpx.Client) -> None:
+    """Defence in depth: a spec holding another team's tinker:// path (here written into the row after the
+    submit-time check, as a bug elsewhere could) is refused by the worker too, as a user error naming it."""
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.models import Job
+    from tests.api.test_checkpoint_ownership import _team_of, _training_with_checkpoints
+
+    with make_client(stack.base_url) as owner:
+        theirs = _training_with_checkpoints(_team_of(owner))
+    mine = _training_with_checkpoints(_team_of(client))
+    dataset = make_dataset(client)
+    gate = client.post("/v1/jobs", json={"kind": "test", "spec": {"steps": 1, "step_seconds": 2}}).json()
+    r = evaluate(client, eval_artifact=dataset["validation_artifact"], checkpoints=[mine["sampler_id"]],
+                 depends_on=[gate["id"]])
+    assert r.status_code == 201, r.text
+    job = r.json()
+    with session_scope() as session:  # still pending behind its dependency
+        session.execute(update(Job).where(Job.id == job["id"], Job.status == "pending")
+                        .values(spec={**job["spec"], "checkpoints": [theirs["sampler"]]}))
+    ended = wait(client, job["id"])
+    assert ended["status"] == "failed", ended
+    assert ended["error"]["code"] == "not_found" and ended["error"]["user_error"] is True
+    assert theirs["sampler"] in ended["error"]["message"]
