@@ -100,7 +100,9 @@ class Settings(BaseSettings):
     openrouter_app_name: str = "tuneq"
     openrouter_referer: str | None = None
 
-    tinker_base_url: str | None = None
+    # Also read as TINKER_API_BASE, the name the training scripts this service replaces use.
+    tinker_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("TUNEQ_TINKER_BASE_URL", "TINKER_API_BASE"))
     tinker_fake: str | None = None  # tests only: "module:factory" of a fake Tinker service client
     tinker_fake_config: str | None = None  # tests only: JSON config for that factory
     supported_base_models: list[str] = [

@@ -1,4 +1,4 @@
-"""The production compose file stays consistent with the code it runs."""
+"""Project-level promises: the production compose file stays consistent with the code it runs; settings names."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -130,3 +131,14 @@ def test_worker_health_file_follows_the_worker(backend: dict[str, str], tmp_path
         stack.stop_workers()
     assert not health.exists()
     assert healthcheck() != 0
+
+
+def test_the_scripts_tinker_api_base_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TINKER_API_BASE, as the training scripts this service replaces name it, sets the Tinker URL too."""
+    from app.settings import Settings
+
+    monkeypatch.delenv("TUNEQ_TINKER_BASE_URL", raising=False)
+    monkeypatch.setenv("TINKER_API_BASE", "http://tinker.internal:8080")
+    assert Settings().tinker_base_url == "http://tinker.internal:8080"
+    monkeypatch.setenv("TUNEQ_TINKER_BASE_URL", "http://ours:9000")  # our own name wins when both are set
+    assert Settings().tinker_base_url == "http://ours:9000"
