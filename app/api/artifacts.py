@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -11,9 +12,10 @@ from starlette.responses import FileResponse, Response
 from app.api.deps import CallerDep, SessionDep, SettingsDep
 from app.api.responses import JSON
 from app.chat import render_pieces, validate_conversation
-from app.db import session_scope
+from app.db import read_in_sql_thread, session_scope
 from app.errors import InvalidRequest
-from app.schemas.artifacts import ArtifactOut, PreviewOut, RenderOut
+from app.schemas.artifacts import ArtifactList, ArtifactOut, PreviewOut, RenderOut
+from app.services import artifact_catalog
 from app.services import artifacts as artifacts_service
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
@@ -109,3 +111,64 @@ def render_artifact_row(
         "tokens": [p.token for p in pieces], "pieces": [p.text for p in pieces],
         "weights": [p.weight for p in pieces],
     })
+
+
+# ---- finding and deleting (docs/architecture.md, "Artifacts") ----------------------------------------------
+
+Word = Annotated[str | None, Query(max_length=32, description="1–32 of a–z, 0–9, '_', '-', '.'")]
+NameFilter = Annotated[str | None, Query(max_length=256, description="exact name, or a prefix ending with '*' "
+                                                                     "(e.g. train*); no control characters")]
+CreatedAfter = Annotated[datetime | None, Query(description="created after this time (no zone = UTC)")]
+Limit = Annotated[int, Query(ge=1, le=200)]
+Cursor = Annotated[str | None, Query(max_length=100, description="next_cursor of the previous page")]
+IN_USE: dict[int | str, dict[str, Any]] = {409: {"description": "A pending, queued or running job of the team uses it (`detail` names the jobs)",
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}}
+
+
+def _artifacts_page(team_id: str, **filters: Any) -> tuple[list[dict[str, Any]], bool, str | None]:
+    with session_scope() as session:
+        return artifact_catalog.list_artifacts(session, team_id=team_id, **filters)
+
+
+@router.get("/files", response_model=ArtifactList)
+async def list_files(caller: CallerDep, name: NameFilter = None, format: Word = None,
+                     created_after: CreatedAfter = None, limit: Limit = 50, cursor: Cursor = None) -> Response:
+    """The team's uploads, newest first (the ids POST /v1/files answered)."""
+    data, has_more, next_cursor = await read_in_sql_thread(
+        _artifacts_page, caller.team_id, kind="upload", name=name, format=format, created_after=created_after,
+        limit=limit, cursor=cursor)
+    return JSON({"data": data, "has_more": has_more, "next_cursor": next_cursor})
+
+
+@router.get("/artifacts", response_model=ArtifactList)
+async def list_artifacts(
+    caller: CallerDep,
+    kind: Annotated[str | None, Query(max_length=32, description="upload, dataset, samples, adapter, …")] = None,
+    job_id: Annotated[str | None, Query(max_length=100, description="outputs of this job")] = None,
+    name: NameFilter = None,
+    format: Word = None,
+    created_after: CreatedAfter = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    """All the team's artifacts, uploads and job outputs, newest first."""
+    data, has_more, next_cursor = await read_in_sql_thread(
+        _artifacts_page, caller.team_id, kind=kind, job_id=job_id, name=name, format=format,
+        created_after=created_after, limit=limit, cursor=cursor)
+    return JSON({"data": data, "has_more": has_more, "next_cursor": next_cursor})
+
+
+@router.delete("/artifacts/{artifact_id}", status_code=204, response_class=Response, responses=IN_USE)
+def delete_artifact(artifact_id: str, caller: CallerDep, session: SessionDep) -> Response:
+    """Delete an upload or a job's output: its row and its file. Refused (409) while an unfinished job uses it."""
+    caller.require("jobs:write")
+    artifact_catalog.delete_artifact(session, team_id=caller.team_id, artifact_id=artifact_id)
+    return Response(status_code=204)
+
+
+@router.delete("/files/{file_id}", status_code=204, response_class=Response, responses=IN_USE)
+def delete_file(file_id: str, caller: CallerDep, session: SessionDep) -> Response:
+    """DELETE /v1/artifacts/{id} for uploads only (a job's output answers 404 here)."""
+    caller.require("jobs:write")
+    artifact_catalog.delete_artifact(session, team_id=caller.team_id, artifact_id=file_id, uploads_only=True)
+    return Response(status_code=204)

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.responses import problem
 from app.db import DatabaseUnavailable, is_transient, read_in_sql_thread, session_scope
-from app.errors import DatabaseUnreachable, TuneqError, Unauthorized
+from app.errors import DatabaseUnreachable, NotFound, TuneqError, Unauthorized
 from app.services import auth as auth_service
 from app.services.auth import Caller, KeyCache
 from app.services.ratelimit import Limiter, TooManyRequests, parse_limits
@@ -36,6 +36,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 READ_POSTS = (re.compile(r"^/v1/artifacts/[^/]+/render$"),)
 ADMIN_PATHS = re.compile(r"^/v1/(admin(/|$)|keys(/|$))")
 FLOOD_ANSWER_DELAY_SECONDS = 0.25  # how long a 429 waits (no CPU spent): a flooding client slows itself
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 CALLER = "tuneq_caller"  # the key of the authenticated Caller in the ASGI scope's "state"
 
 
@@ -84,6 +85,9 @@ class AuthGate:
                 return
             log.warning("database unreachable checking a key on %s: %s", scope["path"], type(exc).__name__)
             await self._refuse(DatabaseUnreachable(), scope, receive, send)
+            return
+        if CONTROL_CHARACTERS.search(scope["path"]):  # no id holds one (and PostgreSQL refuses NUL in text)
+            await self._refuse(NotFound("No such resource: the path holds a control character."), scope, receive, send)
             return
         scope.setdefault("state", {})[CALLER] = caller
         await self.app(scope, receive, send)

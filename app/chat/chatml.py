@@ -3,6 +3,8 @@
 A conversation is a `list[dict]` of messages `{"role": ..., "content": ...}` with role `system`, `user` or
 `assistant`. An assistant message may also carry `reasoning_content` (a string): Qwen3's thinking text, the field
 name its chat template reads; reasoning can equally be inline as a leading `<think>...</think>` block in `content`.
+An assistant message may carry `weight`: the integer 0 or 1 of OpenAI's fine-tuning format, where 0 means "do not
+train on this turn" (the renderer gives its tokens loss weight 0; see `app.chat.render`) and 1 is the default.
 Extra keys are ignored. The `tool` role is not supported (its Qwen3 rendering merges consecutive tool turns into one
 user turn and needs `tool_calls`), so it is reported as an unknown role.
 
@@ -27,6 +29,7 @@ class Message(TypedDict):
     role: str
     content: str
     reasoning_content: NotRequired[str]
+    weight: NotRequired[int]
 
 
 class Reason(StrEnum):
@@ -41,6 +44,7 @@ class Reason(StrEnum):
     NO_ASSISTANT_TURN = "no_assistant_turn"
     LAST_TURN_NOT_ASSISTANT = "last_turn_not_assistant"
     TOO_FEW_TURNS = "too_few_turns"
+    BAD_WEIGHT = "bad_weight"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +54,17 @@ class Problem:
     message: str
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def validate_conversation(messages: object, *, min_turns: int = 1) -> Problem | None:
     """The first problem in `messages`, or None if it can be trained on as is.
 
     Rules: an optional system message first; then user and assistant alternate, starting with user; every content
-    (and any `reasoning_content`) is a string, and content is not blank; the last message is the assistant's.
+    (and any `reasoning_content`) is a string, and content is not blank; the last message is the assistant's;
+    `weight`, if present and not null, is on an assistant message and is the integer 0 or 1 (not a bool, not a float).
     A *turn* is one assistant reply, so `min_turns=2` asks for at least two user/assistant exchanges.
     """
     if not isinstance(messages, list):
@@ -86,6 +96,20 @@ def validate_conversation(messages: object, *, min_turns: int = 1) -> Problem | 
             return Problem(
                 Reason.EMPTY_CONTENT, f"messages[{i}].content", "content is empty or only whitespace"
             )
+        weight = message.get("weight")
+        if weight is not None:  # null is absent, as in Parquet rows whose other messages carry a weight
+            if role != "assistant":
+                return Problem(
+                    Reason.BAD_WEIGHT,
+                    f"messages[{i}].weight",
+                    f"only assistant messages may carry a weight; remove it from this {role} message",
+                )
+            if type(weight) is not int or weight not in (0, 1):
+                return Problem(
+                    Reason.BAD_WEIGHT,
+                    f"messages[{i}].weight",
+                    f"weight must be the integer 0 (do not train on this turn) or 1, got {_short(weight)}",
+                )
         if role == "system":
             if i != 0:
                 return Problem(
@@ -128,15 +152,19 @@ def validate_conversation(messages: object, *, min_turns: int = 1) -> Problem | 
 def normalize_key(messages: Sequence[Mapping[str, Any]]) -> bytes:
     """Canonical bytes for exact-duplicate detection: roles and stripped texts, nothing else.
 
-    Surrounding whitespace and extra keys do not make two rows different; reasoning does (it is trained on).
+    Surrounding whitespace and extra keys do not make two rows different; reasoning does (it is trained on), and
+    so does `weight: 0` (a turn not trained on; it adds an integer 0, so rows without it keep their old keys).
     """
-    parts: list[tuple[str, ...]] = []
+    parts: list[tuple[str | int, ...]] = []
     for m in messages:
         reasoning = m.get("reasoning_content")
+        part: tuple[str | int, ...] = (m["role"], m["content"].strip())
         if reasoning and reasoning.strip():
-            parts.append((m["role"], m["content"].strip(), reasoning.strip()))
-        else:
-            parts.append((m["role"], m["content"].strip()))
+            part += (reasoning.strip(),)
+        weight = m.get("weight")
+        if weight is not None and type(weight) is not bool and weight == 0:
+            part += (0,)
+        parts.append(part)
     return orjson.dumps(parts)
 
 

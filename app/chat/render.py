@@ -7,6 +7,13 @@ assistant messages (all of them, or only the last, per `train_on`) and 0 elsewhe
 counts as part of the next header (weight 0), so the model learns to stop at `<|im_end|>`. The template's final
 `\\n` is kept (weight 0) so the tokens equal the template's text.
 
+Per-message `weight` (OpenAI's fine-tuning format, validated in `app.chat.chatml`): an assistant message with
+`"weight": 0` is never trained, whatever `train_on` says: every token of its body and `<|im_end|>` gets weight 0.
+`train_on` picks the candidates first and `weight` only removes some: with `last_assistant`, a final assistant
+turn with weight 0 leaves nothing trained (the previous turn is not promoted). `weight` 1, null or absent changes
+nothing, so conversations without weights render exactly as before (same tokens, same weights; the weight never
+changes the text, only which tokens are trained).
+
 Thinking, as the template does it:
 - an assistant message's reasoning is `reasoning_content` when that is a string, else the text before `</think>`
   in `content` (after `<think>`), and the content is what follows `</think>`;
@@ -74,6 +81,12 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _weight_zero(message: Mapping[str, Any]) -> bool:
+    """`weight: 0` (OpenAI's "do not train on this turn"); a bool is not a weight."""
+    weight = message.get("weight")
+    return weight is not None and not isinstance(weight, bool) and weight == 0
+
+
 def _last_query_index(messages: Sequence[Mapping[str, Any]]) -> int:
     """The template's `last_query_index`: the last user message that is not a wrapped tool response."""
     for i in range(len(messages) - 1, -1, -1):
@@ -125,7 +138,7 @@ def _plan(
                     m, after_query=i > last_query, last=i == n - 1, enable_thinking=enable_thinking
                 )
             )
-            trained = train_on == "all_assistant" or i == last_assistant
+            trained = (train_on == "all_assistant" or i == last_assistant) and not _weight_zero(m)
         else:
             bodies.append(_text(m.get("content")))
             trained = False
@@ -158,7 +171,11 @@ def render(
     train_on: TrainOn = "all_assistant",
     enable_thinking: bool = True,
 ) -> Rendered:
-    """Tokens and loss weights for one conversation (see the module docstring for the exact rules)."""
+    """Tokens and loss weights for one conversation (see the module docstring for the exact rules).
+
+    An assistant message with `weight: 0` gets loss weight 0 on all its tokens whatever `train_on` says; with
+    `last_assistant` a final turn with weight 0 means nothing in the conversation is trained.
+    """
     if not messages:
         raise ValueError("cannot render an empty conversation")
     roles, bodies, weights = _plan(messages, train_on, enable_thinking)

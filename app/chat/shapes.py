@@ -7,7 +7,8 @@ to report, so every drop carries the most precise reason.
 
 Named shapes: `messages` (ChatML), `sharegpt` (`conversations` of `from`/`value` or `role`/`content`), `alpaca`
 (`instruction`/`input`/`output`), `prompt_completion` (strings, or TRL-style lists of messages) and
-`question_answer`. Explicit mappings, for anything else:
+`question_answer`. Only `messages` (OpenAI's fine-tuning format) keeps a turn's `weight` (0 = do not train on it);
+other shapes have no such field, so a `weight` key in their turns means something else and is ignored. Explicit mappings, for anything else:
 
 - `{"messages": "dialog", "role_map": {"bot": "assistant"}, "role_key": "speaker", "content_key": "text"}`:
   a column holding a list of turns. `role_map` extends the ShareGPT map (human/gpt/...); without `role_key` and
@@ -79,6 +80,7 @@ def _turns(
     role_map: Mapping[str, str],
     role_key: str | None = None,
     content_key: str | None = None,
+    keep_weight: bool = False,
 ) -> list[Message]:
     if not isinstance(value, list):
         raise ShapeError(where, f"expected a list of turns, got {type(value).__name__}")
@@ -103,12 +105,17 @@ def _turns(
         reasoning = turn.get("reasoning_content")
         if reasoning is not None:
             message["reasoning_content"] = reasoning
+        if keep_weight:
+            weight = turn.get("weight")
+            if weight is not None:
+                message["weight"] = weight  # validate_conversation checks it is 0 or 1, on an assistant
         out.append(message)
     return out
 
 
 def from_messages(row: Mapping[str, Any]) -> list[Message]:
-    return _turns(_field(row, "messages"), "messages", role_map={}, role_key="role", content_key="content")
+    return _turns(_field(row, "messages"), "messages", role_map={}, role_key="role", content_key="content",
+                  keep_weight=True)
 
 
 def from_sharegpt(row: Mapping[str, Any]) -> list[Message]:

@@ -21,6 +21,14 @@ class ArtifactOut(BaseModel):
     created_at: str | None
 
 
+class ArtifactList(BaseModel):
+    """A page of artifacts, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    data: list[ArtifactOut]
+    has_more: bool
+    next_cursor: str | None
+
+
 class PreviewOut(BaseModel):
     artifact_id: str
     rows: list[dict[str, Any]]

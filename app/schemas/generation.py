@@ -34,9 +34,11 @@ PRESETS: dict[str, Preset] = {
             "reasoning and lets the student reach the answer. " + DIALOGUE_FORMAT
         ),
         prompt=(
-            "Write a dialogue of {{ turns }} exchanges between a student (role \"user\") who is stuck on a "
-            "problem about {{ topic }} and a mentor (role \"assistant\") who scaffolds: questions and hints "
-            "instead of the solution. Vary the student's mistakes. Variant {{ variant }}."
+            "Write a dialogue of {{ turns }} exchanges between a student (role \"user\") and a mentor (role "
+            "\"assistant\").\nSubject: {{ topic }}.\nLevel: {{ difficulty }}.\nFirst invent one concrete "
+            "problem on this subject at this level. The student is stuck on it because they {{ misconception }}. "
+            "The mentor's first move is to {{ mentor_move }}; from there it scaffolds with questions and hints, "
+            "never stating the answer, until the student reaches it. Variant {{ variant }}."
         ),
         output="dialogue",
         defaults={"temperature": 0.8, "max_tokens": 2048, "vars": {"turns": 4}},
@@ -44,7 +46,8 @@ PRESETS: dict[str, Preset] = {
     "qa": Preset(
         system="You write one clear question a learner would ask about a topic and an accurate, helpful answer. "
         + DIALOGUE_FORMAT,
-        prompt="Topic: {{ topic }}. Write one question about it and its answer (variant {{ variant }}).",
+        prompt="Topic: {{ topic }}. Write {{ question_type }} a learner would ask about it, and its answer "
+        "(variant {{ variant }}).",
         output="dialogue",
         defaults={"temperature": 0.7, "max_tokens": 1024},
     ),
@@ -55,7 +58,9 @@ class GenerationSpec(StrictModel):
     """Items come from exactly one of `topics` (× `per_topic`), `source_artifact` (one per row) or `count`.
 
     The prompt is a Jinja template; it sees `topic`, `variant`, `index`, `seed`, `row` (for artifact rows)
-    and your `vars`."""
+    and your `vars`. With a `preset`, each item also gets one value per axis of the preset's taxonomy
+    (app/schemas/taxonomies.py), chosen from (`seed`, index) alone; `topic` is the taxonomy's subject unless
+    `topics` are given."""
 
     model: str = Field(default="moonshotai/kimi-k2", min_length=1, max_length=200)
     preset: Literal["scaffolding", "qa"] | None = None

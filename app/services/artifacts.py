@@ -241,6 +241,8 @@ def forget_job_artifacts(session: Session, job_id: str) -> None:
 
 
 def _row(session: Session, team_id: str, artifact_id: str, *extra: Any) -> Any:
+    if "\x00" in artifact_id:  # never an id, and PostgreSQL cannot compare text holding NUL
+        raise NotFound(f"No artifact {artifact_id[:100]!r} in your team.")
     row = session.execute(select(*ARTIFACT_COLUMNS, *extra).where(Artifact.id == artifact_id,
                                                                  Artifact.team_id == team_id)).first()
     if row is None:

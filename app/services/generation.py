@@ -3,6 +3,9 @@ prompt templates, item variables, dialogue parsing, and the generation_item quer
 
 from __future__ import annotations
 
+import functools
+import math
+import random
 import re
 from typing import Any
 
@@ -14,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.errors import InvalidRequest, NotFound
 from app.models import GenerationItem, Job, utcnow
 from app.schemas.generation import GenerationSpec
+from app.schemas.taxonomies import TAXONOMIES, Axis
 from app.services.templates import ENV as _ENV
 from app.services.templates import TemplateError, render_bounded
 
@@ -42,13 +46,50 @@ def item_count(spec: GenerationSpec, source_rows: int | None = None) -> int:
     return source_rows
 
 
+@functools.lru_cache(maxsize=64)
+def _walk(preset: str, with_topics: bool, seed: int) -> tuple[int, int, tuple[Axis, ...]]:
+    """The seed's walk over a preset's taxonomy: a step coprime with the number M of combinations, a seeded
+    offset, and each axis's values in a seeded order. Item i takes combination (step·i + offset) mod M, so the first
+    M items are M different combinations and a retry or a resume renders the same item the same way."""
+    axes = TAXONOMIES[preset][1:] if with_topics else TAXONOMIES[preset]
+    size = math.prod(len(values) for _, values in axes)
+    # A step near M/φ (golden-ratio hashing) spreads consecutive items across the whole range, so even the
+    # first few hundred items see every value of every axis, about equally often.
+    step = max(1, round(size * (math.sqrt(5) - 1) / 2))
+    while math.gcd(step, size) != 1:
+        step += 1
+    rng = random.Random(f"tuneq-taxonomy:{preset}:{seed}")
+    shuffled = tuple((name, tuple(rng.sample(values, len(values)))) for name, values in axes)
+    return step, rng.randrange(size), shuffled
+
+
+def taxonomy_values(preset: str, seed: int, index: int, *, with_topics: bool = False) -> tuple[dict[str, str], int]:
+    """Item `index`'s value on each axis of the preset's taxonomy, and which pass over the taxonomy it is in
+    (0 for the first M items, where M is the number of combinations)."""
+    step, offset, axes = _walk(preset, with_topics, seed)
+    size = math.prod(len(values) for _, values in axes)
+    code = (step * index + offset) % size
+    chosen: dict[str, str] = {}
+    for name, values in reversed(axes):
+        code, digit = divmod(code, len(values))
+        chosen[name] = values[digit]
+    return chosen, index // size
+
+
 def item_vars(spec: GenerationSpec, resolved: dict[str, Any], index: int, row: Any = None) -> dict[str, Any]:
-    """What a template sees for item `index`."""
+    """What a template sees for item `index`: a pure function of the spec and the index."""
     values: dict[str, Any] = {**resolved["vars"], "index": index, "seed": spec.seed + index, "variant": 0,
                               "topic": None, "row": row}
+    if spec.preset is not None:
+        chosen, values["variant"] = taxonomy_values(spec.preset, spec.seed, index, with_topics=spec.topics is not None)
+        # Your own vars win over the taxonomy's, so a spec can pin an axis (say, "difficulty").
+        values.update({k: v for k, v in chosen.items() if k not in resolved["vars"]})
+        values["topic"] = values.get("subject")
     if spec.topics is not None:
         values["topic"] = spec.topics[index // spec.per_topic]
         values["variant"] = index % spec.per_topic
+        if spec.preset is not None:
+            values["subject"] = values["topic"]
     return values
 
 
@@ -62,7 +103,8 @@ def _check_render(template: jinja2.Template, values: dict[str, Any], field: str)
     try:
         render(template, values)
     except TemplateError as exc:
-        raise InvalidRequest(f"{field}: {exc}. A template sees topic, variant, index, seed, row, and spec.vars.",
+        raise InvalidRequest(f"{field}: {exc}. A template sees topic, variant, index, seed, row, "
+                             "spec.vars and, with a preset, its taxonomy's axes.",
                              errors=[{"loc": ["body", *field.split(".")], "msg": str(exc)}]) from None
 
 

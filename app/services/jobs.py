@@ -175,8 +175,10 @@ def _check_evaluation(session: Session, caller: Caller, spec: Any, settings: Set
 
 
 def _check_artifact(session: Session, caller: Caller, artifact_id: str, loc: list[Any]) -> None:
-    exists = session.execute(select(Artifact.id).where(Artifact.id == artifact_id,
-                                                        Artifact.team_id == caller.team_id)).first()
+    # FOR SHARE (PostgreSQL): a DELETE of the artifact waits for this submission's commit, then sees the new
+    # job using it and answers 409; a DELETE that came first makes this read find nothing (a 422).
+    exists = session.execute(select(Artifact.id).where(Artifact.id == artifact_id, Artifact.team_id == caller.team_id)
+                             .with_for_update(read=True)).first()
     if exists is None:
         field = ".".join(str(p) for p in loc[1:])
         raise InvalidRequest(f"{field}: no artifact {artifact_id} in your team.",

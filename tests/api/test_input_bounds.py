@@ -188,3 +188,16 @@ def test_label_filter_and_cursor_still_work(client: httpx.Client) -> None:
     rest = client.get("/v1/jobs", params={"label": "team:x y", "cursor": page["next_cursor"]}).json()
     assert [j["id"] for j in rest["data"]] == [jobs[0]["id"]]
     assert client.get("/v1/jobs", params={"kind": "test"}).status_code == 200
+
+
+@pytest.mark.parametrize("method,route", [
+    ("GET", "/v1/jobs/{}"), ("GET", "/v1/jobs/{}/events"), ("GET", "/v1/jobs/{}/wait?timeout=0"),
+    ("GET", "/v1/jobs/{}/items"), ("GET", "/v1/jobs/{}/metrics"), ("GET", "/v1/jobs/{}/checkpoints"),
+    ("POST", "/v1/jobs/{}/cancel"), ("POST", "/v1/jobs/{}/resume"), ("GET", "/v1/artifacts/{}"),
+    ("DELETE", "/v1/artifacts/{}"),
+])
+def test_an_id_with_nul_or_controls_is_not_found(client: httpx.Client, method: str, route: str) -> None:
+    """PostgreSQL refuses NUL in text: such an id must still be an ordinary 404, not a 5xx."""
+    for bad in ("job_%00x", "job_%01", "%E2%80%AE"):
+        r = client.request(method, route.format(bad))
+        assert r.status_code in (404, 422), (route, bad, r.status_code, r.text)

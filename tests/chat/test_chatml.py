@@ -83,6 +83,7 @@ def test_reason_codes_are_plain_strings():
         "empty_content",
         "bad_alternation",
         "no_assistant_turn",
+        "bad_weight",
         "last_turn_not_assistant",
         "too_few_turns",
     }

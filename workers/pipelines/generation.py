@@ -152,7 +152,7 @@ async def _generate(spec: GenerationSpec, resolved: dict[str, Any],
     settings = ctx.settings
     assert settings.openrouter_api_key is not None
     sampling = {"temperature": resolved["temperature"], "top_p": resolved["top_p"],
-                "max_tokens": resolved["max_tokens"], "seed": spec.seed}
+                "max_tokens": resolved["max_tokens"]}
     response_format = {"type": "json_object"} if resolved["output"] == "dialogue" else None
     todo = iter(pending)
     stop = asyncio.Event()
@@ -172,8 +172,11 @@ async def _generate(spec: GenerationSpec, resolved: dict[str, Any],
         except ValueError as exc:
             return _outcome(index, status="failed", calls=0, error={"code": "template_error", "message": str(exc)})
         try:
+            # Each item its own provider seed (the `seed` its template sees): one seed for all would make
+            # near-identical replies; a retry of the item sends the same one.
             result = await client.chat(prompt, model=spec.model, response_format=response_format,
-                                       extra_headers={"X-Tuneq-Item": f"{ctx.job_id}:{index}"}, **sampling)
+                                       extra_headers={"X-Tuneq-Item": f"{ctx.job_id}:{index}"},
+                                       seed=spec.seed + index, **sampling)
         except OpenRouterError as exc:
             if exc.fatal:
                 state.fatal = state.fatal or exc

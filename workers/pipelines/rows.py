@@ -101,6 +101,7 @@ def fit_rows(dataset: Dataset, what: str, *, max_length: int, train_on: Any, ena
                 trained += t
     if not offsets:
         raise JobFailed("no_trainable_examples",
-                        f"No {what} example fits in max_length={max_length} tokens (the shortest has "
-                        f"{shortest or 0}). Raise max_length or use shorter conversations.")
+                        f"No {what} example fits in max_length={max_length} tokens with a token to train (the "
+                        f"shortest has {shortest or 0}; turns with \"weight\": 0 are not trained). Raise "
+                        "max_length, use shorter conversations, or train on at least one assistant turn per row.")
     return Fitted(Rows(dataset.path, np.frombuffer(offsets, dtype=np.int64)), total, tokens, trained)
