@@ -111,15 +111,19 @@ BOMBS = [
 def reader(stack: Stack) -> Iterator[list[int]]:
     """GET /v1/jobs every 50 ms with its own key while the test runs; yields the statuses it saw."""
     statuses: list[int] = []
-    stop = threading.Event()
+    stop, reading = threading.Event(), threading.Event()
 
     def poll() -> None:
         with make_client(stack.base_url) as c:
-            while not stop.wait(0.05):
+            while True:
                 statuses.append(c.get("/v1/jobs", params={"limit": 1}).status_code)
+                reading.set()
+                if stop.wait(0.05):
+                    return
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
+    assert reading.wait(30), "the reader never got an answer"  # reading before the test starts, not after it
     yield statuses
     stop.set()
     thread.join(timeout=15)
