@@ -12,7 +12,7 @@ from starlette.responses import Response
 from app.api.deps import CallerDep, SessionDep, SettingsDep
 from app.api.responses import JSON
 from app.db import in_sql_thread, read_in_sql_thread, session_scope
-from app.schemas.jobs import JobCreate, JobList, JobRead
+from app.schemas.jobs import DryRun, JobCreate, JobList, JobRead
 from app.services import jobs as jobs_service
 from app.services.auth import Caller
 from app.settings import Settings
@@ -22,24 +22,31 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 log = logging.getLogger("tuneq.api")
 
 
-def _submit(caller: Caller, body: JobCreate, idempotency_key: str | None, settings: Settings) -> tuple[dict, bool]:
+def _submit(caller: Caller, body: JobCreate, idempotency_key: str | None, settings: Settings,
+            dry_run: bool) -> tuple[dict, bool]:
     with session_scope() as session:
         return jobs_service.submit(
             session, caller=caller, body=body, spec=body.spec.model_dump(mode="json"), kind=body.kind,
-            idempotency_key=idempotency_key, settings=settings,
+            idempotency_key=idempotency_key, settings=settings, dry_run=dry_run,
         )
 
 
-@router.post("/jobs", status_code=201, response_model=JobRead)
+@router.post("/jobs", status_code=201, response_model=JobRead,
+             responses={200: {"model": DryRun, "description": "dry_run=true: the checks passed; nothing created"}})
 async def create_job(
     body: JobCreate,
     caller: CallerDep,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    dry_run: Annotated[bool, Query(description="check the job and estimate it without creating it")] = False,
 ) -> Response:
+    """Spec fields that name an earlier job's output may hold `{"$ref": "JOB_ID.OUTPUT"}` (that job is then
+    added to `depends_on`); they are filled in when the job is released."""
     caller.require("jobs:write")
     # One thread hop for all the blocking work (SQL, broker): this is the hot write path.
-    job, replayed = await in_sql_thread(_submit, caller, body, idempotency_key, settings)
+    job, replayed = await in_sql_thread(_submit, caller, body, idempotency_key, settings, dry_run)
+    if dry_run:
+        return JSON(job)
     return JSON(job, status_code=201, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 

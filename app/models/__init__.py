@@ -10,6 +10,7 @@ from app.models.job_dependency import JobDependency
 from app.models.job_event import JobEvent
 from app.models.lock import Lock
 from app.models.metric import Metric
+from app.models.pipeline import Pipeline
 from app.models.team import Team
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "JobEvent",
     "Lock",
     "Metric",
+    "Pipeline",
     "Team",
     "db_now",
     "new_id",

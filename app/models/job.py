@@ -29,6 +29,12 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     labels: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
     depends_on: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # A step of a pipeline, under this name; the spec may hold {"$ref": "JOB.OUTPUT"} until release.
+    pipeline_id: Mapped[str | None] = mapped_column(ForeignKey("pipeline.id", ondelete="SET NULL"), index=True)
+    pipeline_step: Mapped[str | None] = mapped_column(String(64))
+    has_refs: Mapped[bool] = mapped_column(default=False, server_default=false())
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # app/services/estimates.py
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
     # Finishing it should release pending jobs (saves the finisher a query when nobody waits).
     has_dependents: Mapped[bool] = mapped_column(default=False, server_default=false())
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType)

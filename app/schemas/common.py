@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 INT64_MAX = 2**63 - 1
 MAX_STEPS = 10_000_000  # step counts (warmup, save/eval intervals, max_steps)
@@ -24,6 +24,27 @@ StepCount = Annotated[int, Field(ge=0, le=MAX_STEPS, description=f"0 ≤ steps �
 RowCount = Annotated[int, Field(ge=1, le=MAX_ROWS, description=f"1 ≤ rows ≤ {MAX_ROWS:,}")]
 Name = Annotated[str, Field(min_length=1, max_length=200, description="at most 200 characters")]
 Ref = Annotated[str, Field(min_length=1, max_length=500, description="an id or path, at most 500 characters")]
+REF_PATTERN = r"^[A-Za-z0-9_-]{1,64}\.[a-z_]{1,64}$"
+
+
+class OutputRef(BaseModel):
+    """`{"$ref": "STEP.OUTPUT"}`: an output of an earlier pipeline step (or, in a plain job, of a job named in
+    `depends_on`), filled in when this job is released (docs/architecture.md, "Pipelines")."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    ref: str = Field(alias="$ref", pattern=REF_PATTERN, examples=["data.train_artifact"],
+                     description="STEP.OUTPUT: a step name (or job id) and one of its outputs")
+
+    @model_serializer
+    def _as_json(self) -> dict[str, str]:
+        return {"$ref": self.ref}
+
+
+WebhookUrl = Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://[^\s]+$",
+                                  description="an http(s) URL, at most 2048 characters")]
+
+# A field that names an earlier job's output: an id, or a reference resolved when the job is released.
+RefOrOutput = Ref | OutputRef
 
 
 def control_characters(text: str) -> bool:

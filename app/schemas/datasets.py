@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from app.schemas.common import Name, Ref, RowCount, Seed, StrictModel
+from app.schemas.common import Name, RefOrOutput, RowCount, Seed, StrictModel
 
 SHAPES = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "question_answer")
 
@@ -34,7 +34,7 @@ class FileSource(StrictModel):
     """A file uploaded with POST /v1/files, or any earlier job's artifact (e.g. a dataset split)."""
 
     type: Literal["artifact"]
-    artifact_id: Ref
+    artifact_id: RefOrOutput
 
 
 Source = Annotated[HubSource | LocalSource | FileSource, Field(discriminator="type")]

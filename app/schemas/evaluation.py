@@ -6,15 +6,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from app.schemas.common import Name, Ref, StrictModel
+from app.schemas.common import Name, RefOrOutput, StrictModel
 
 
 class EvaluationSpec(StrictModel):
     base_model: Name = "Qwen/Qwen3-8B"
-    eval_artifact: Ref = Field(description="held-out ChatML conversations (a dataset artifact)")
-    checkpoints: list[Ref] = Field(default_factory=list, max_length=8,
+    eval_artifact: RefOrOutput = Field(description="held-out ChatML conversations (a dataset artifact)")
+    checkpoints: list[RefOrOutput] = Field(default_factory=list, max_length=8,
                                    description="sampler checkpoint ids, or tinker://…/sampler_weights/… paths")
-    training_job: Ref | None = Field(default=None, description="also evaluate this training job's final sampler "
+    training_job: RefOrOutput | None = Field(default=None, description="also evaluate this training job's final sampler "
                                      "weights, resolved when the job runs (pair it with depends_on)")
     include_base: bool = Field(default=True, description="score the base model too, as the baseline")
     max_examples: int = Field(default=200, ge=1, le=10_000, description="the first N conversations are used")

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from app.schemas.common import Ref, Seed, StrictModel, TemplateVars
+from app.schemas.common import RefOrOutput, Seed, StrictModel, TemplateVars
 
 Topic = Annotated[str, Field(min_length=1, max_length=2000, description="at most 2,000 characters")]
 
@@ -69,7 +69,7 @@ class GenerationSpec(StrictModel):
     vars: TemplateVars = Field(default_factory=dict)
     topics: list[Topic] | None = Field(default=None, min_length=1, max_length=100_000)
     per_topic: int = Field(default=1, ge=1, le=10_000)
-    source_artifact: Ref | None = None
+    source_artifact: RefOrOutput | None = None
     count: int | None = Field(default=None, ge=1, le=1_000_000)
     output: Literal["dialogue", "completion"] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)

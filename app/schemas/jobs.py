@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.schemas.common import Label, Ref, StrictModel
+from app.schemas.common import Label, Ref, StrictModel, WebhookUrl
 from app.schemas.datasets import DatasetSpec
 from app.schemas.evaluation import EvaluationSpec
 from app.schemas.generation import GenerationSpec
@@ -23,6 +23,8 @@ class JobCreateBase(StrictModel):
     stall_seconds: float | None = Field(default=None, ge=5, le=86_400,
                                         description="Preempt the job when it reports no progress for this "
                                                     "long (default: the server's limit for its kind)")
+    webhook_url: WebhookUrl | None = Field(default=None, description="receives a signed POST (Standard "
+                                           "Webhooks) when the job ends")
 
 
 class TestJobSpec(StrictModel):
@@ -88,6 +90,18 @@ class JobRead(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested_at: datetime | None
+    pipeline_id: str | None = None
+    pipeline_step: str | None = None
+    estimate: dict[str, Any] | None = Field(default=None, description="what the job was expected to do, at submit")
+    webhook_url: str | None = None
+
+
+class DryRun(BaseModel):
+    dry_run: Literal[True]
+    kind: str
+    spec: dict[str, Any]
+    depends_on: list[str]
+    estimate: dict[str, Any] | None
 
 
 class JobList(BaseModel):

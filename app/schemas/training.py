@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from app.schemas.common import MAX_STEPS, Name, Ref, Seed, StepCount, StrictModel
+from app.schemas.common import MAX_STEPS, Name, RefOrOutput, Seed, StepCount, StrictModel
 
 
 class AdamSpec(StrictModel):
@@ -19,9 +19,9 @@ class AdamSpec(StrictModel):
 
 class TrainingSpec(StrictModel):
     base_model: Name = "Qwen/Qwen3-8B"
-    train_artifact: Ref = Field(description="a ChatML dataset artifact (from a dataset or generation job)")
-    validation_artifact: Ref | None = None
-    from_checkpoint: Ref | None = Field(default=None, description="a checkpoint id or a tinker:// state path")
+    train_artifact: RefOrOutput = Field(description="a ChatML dataset artifact (from a dataset or generation job)")
+    validation_artifact: RefOrOutput | None = None
+    from_checkpoint: RefOrOutput | None = Field(default=None, description="a checkpoint id or a tinker:// state path")
     rank: int = Field(default=32, ge=1, le=512)
     learning_rate: float | None = Field(default=None, gt=0, lt=1, description="default: from the model's size")
     lr_schedule: Literal["constant", "linear", "cosine"] = "linear"

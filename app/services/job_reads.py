@@ -31,7 +31,8 @@ log = logging.getLogger("tuneq.api")
 
 _SQL = (
     "SELECT id, kind, status, spec, labels, depends_on, progress, result, error, attempt, max_attempts, preemptions, "
-    "created_at, started_at, finished_at, cancel_requested_at FROM job WHERE id = $1 AND team_id = $2"
+    "created_at, started_at, finished_at, cancel_requested_at, pipeline_id, pipeline_step, estimate, webhook_url "
+    "FROM job WHERE id = $1 AND team_id = $2"
 )
 # A read by primary key takes milliseconds; one that takes this long means the database is in trouble, and
 # the client is better served by a 503 it can retry than by a request that hangs.

@@ -13,18 +13,17 @@ from sqlalchemy.orm import Session
 
 from app.db import run_statement
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.models import TERMINAL_STATUSES, Artifact, Checkpoint, Job, JobEvent, new_id, row_dict, utcnow
+from app.models import TERMINAL_STATUSES, Job, JobEvent, new_id, row_dict, utcnow
 from app.queue import enqueue
 from app.schemas.jobs import JobCreateBase
-from app.services import generation as generation_service
-from app.services import quotas, transitions
-from app.services import training as training_service
+from app.services import estimates, job_checks, quotas, transitions
 from app.services.auth import Caller
 from app.settings import Settings
 
 JOB_COLUMNS = (
     Job.id, Job.kind, Job.status, Job.spec, Job.labels, Job.depends_on, Job.progress, Job.result, Job.error,
     Job.attempt, Job.max_attempts, Job.preemptions, Job.created_at, Job.started_at, Job.finished_at, Job.cancel_requested_at,
+    Job.pipeline_id, Job.pipeline_step, Job.estimate, Job.webhook_url,
 )
 _TIMES = ("created_at", "started_at", "finished_at", "cancel_requested_at")
 _INSERT_JOB = insert(Job)
@@ -71,136 +70,6 @@ def _replay(session: Session, team_id: str, key: str, body_hash: str) -> dict[st
     return get(session, team_id=team_id, job_id=row.id)
 
 
-def _check_spec(session: Session, caller: Caller, kind: str, body: JobCreateBase, settings: Settings) -> None:
-    """What the schema cannot know: references to the team's artifacts, server-side settings and keys."""
-    spec = getattr(body, "spec", None)
-    if kind == "dataset" and spec is not None:
-        _check_dataset_source(session, caller, spec.source, settings)
-    elif kind == "generation" and spec is not None:
-        if settings.openrouter_api_key is None:
-            raise InvalidRequest("Generation jobs need OPENROUTER_API_KEY, which this server does not have; "
-                                 "ask an operator to set it.", errors=[{"loc": ["body", "kind"], "msg": "no key"}])
-        if spec.source_artifact is not None:
-            _check_artifact(session, caller, spec.source_artifact, ["body", "spec", "source_artifact"])
-        generation_service.check_spec(spec)
-    elif kind == "training" and spec is not None:
-        _check_training(session, caller, spec, settings)
-    elif kind == "evaluation" and spec is not None:
-        _check_evaluation(session, caller, spec, settings, body.depends_on)
-
-
-def _check_tinker(spec: Any, settings: Settings) -> None:
-    if settings.tinker_api_key is None and settings.tinker_fake is None:
-        raise InvalidRequest("Training and evaluation jobs need TINKER_API_KEY, which this server does not have; "
-                             "ask an operator to set it.", errors=[{"loc": ["body", "kind"], "msg": "no key"}])
-    if spec.base_model not in settings.supported_base_models:
-        raise InvalidRequest(f"spec.base_model: '{spec.base_model}' is not supported here; use one of "
-                             f"{', '.join(settings.supported_base_models)}.",
-                             errors=[{"loc": ["body", "spec", "base_model"], "msg": "unsupported model"}])
-
-
-def _check_chatml(session: Session, caller: Caller, artifact_id: str, name: str, *, need_rows: bool) -> None:
-    loc = ["body", "spec", name]
-    _check_artifact(session, caller, artifact_id, loc)
-    fmt, rows = session.execute(select(Artifact.format, Artifact.rows).where(Artifact.id == artifact_id)).one()
-    if fmt != "chatml_jsonl":
-        raise InvalidRequest(f"spec.{name}: artifact {artifact_id} is a {fmt} file, not a ChatML dataset; "
-                             "run a dataset job on it first.", errors=[{"loc": loc, "msg": "not a ChatML dataset"}])
-    if need_rows and not rows:
-        raise InvalidRequest(f"spec.{name}: artifact {artifact_id} has no rows.",
-                             errors=[{"loc": loc, "msg": "empty"}])
-
-
-def _check_training(session: Session, caller: Caller, spec: Any, settings: Settings) -> None:
-    _check_tinker(spec, settings)
-    _check_chatml(session, caller, spec.train_artifact, "train_artifact", need_rows=True)
-    if spec.validation_artifact is not None:
-        _check_chatml(session, caller, spec.validation_artifact, "validation_artifact", need_rows=False)
-    if spec.from_checkpoint and spec.from_checkpoint.startswith("tinker://"):
-        # One Tinker key serves every team: a raw path is accepted only if it is one of the team's checkpoints.
-        if not training_service.owns_tinker_path(session, team_id=caller.team_id, uri=spec.from_checkpoint):
-            raise InvalidRequest(_foreign_path("spec.from_checkpoint", spec.from_checkpoint),
-                                 errors=[{"loc": ["body", "spec", "from_checkpoint"], "msg": "not your checkpoint"}])
-    elif spec.from_checkpoint:
-        found = session.execute(select(Checkpoint.id).join(Job, Job.id == Checkpoint.job_id).where(
-            Checkpoint.id == spec.from_checkpoint, Job.team_id == caller.team_id)).first()
-        if found is None:
-            raise InvalidRequest(f"spec.from_checkpoint: no checkpoint {spec.from_checkpoint} in your team.",
-                                 errors=[{"loc": ["body", "spec", "from_checkpoint"], "msg": "unknown checkpoint"}])
-
-
-def _foreign_path(field: str, uri: str) -> str:
-    return (f"{field}: {uri} is not a checkpoint of your team; use a checkpoint id from "
-            "GET /v1/jobs/{id}/checkpoints.")
-
-
-def _check_evaluation(session: Session, caller: Caller, spec: Any, settings: Settings,
-                      depends_on: list[str]) -> None:
-    _check_tinker(spec, settings)
-    _check_chatml(session, caller, spec.eval_artifact, "eval_artifact", need_rows=True)
-    for i, ref in enumerate(spec.checkpoints):
-        loc = ["body", "spec", "checkpoints", i]
-        if ref.startswith("tinker://"):
-            if "/sampler_weights/" not in ref:
-                raise InvalidRequest(f"spec.checkpoints[{i}]: {ref} is not sampler weights (a path with "
-                                     "/sampler_weights/); use a training job's sampler_path.",
-                                     errors=[{"loc": loc, "msg": "not sampler weights"}])
-            if not training_service.owns_tinker_path(session, team_id=caller.team_id, uri=ref):
-                raise InvalidRequest(_foreign_path(f"spec.checkpoints[{i}]", ref),
-                                     errors=[{"loc": loc, "msg": "not your checkpoint"}])
-            continue
-        kind = session.scalar(select(Checkpoint.kind).join(Job, Job.id == Checkpoint.job_id).where(
-            Checkpoint.id == ref, Job.team_id == caller.team_id))
-        if kind is None:
-            raise InvalidRequest(f"spec.checkpoints[{i}]: no checkpoint {ref} in your team.",
-                                 errors=[{"loc": loc, "msg": "unknown checkpoint"}])
-        if kind != "sampler":
-            raise InvalidRequest(f"spec.checkpoints[{i}]: checkpoint {ref} is a training state, which cannot be "
-                                 "sampled; use the job's sampler checkpoint (GET /v1/jobs/{id}/checkpoints).",
-                                 errors=[{"loc": loc, "msg": "not a sampler checkpoint"}])
-    if spec.training_job is not None:
-        found = session.execute(select(Job.kind, Job.status).where(Job.id == spec.training_job,
-                                                                   Job.team_id == caller.team_id)).first()
-        loc = ["body", "spec", "training_job"]
-        if found is None:
-            raise InvalidRequest(f"spec.training_job: no job {spec.training_job} in your team.",
-                                 errors=[{"loc": loc, "msg": "unknown job"}])
-        if found.kind != "training":
-            raise InvalidRequest(f"spec.training_job: {spec.training_job} is a {found.kind} job, not a training "
-                                 "job.", errors=[{"loc": loc, "msg": "not a training job"}])
-        if found.status != "succeeded" and spec.training_job not in depends_on:
-            raise InvalidRequest(f"spec.training_job: {spec.training_job} is {found.status}; add it to depends_on "
-                                 "so the evaluation waits for its final weights.",
-                                 errors=[{"loc": loc, "msg": "add to depends_on"}])
-
-
-def _check_artifact(session: Session, caller: Caller, artifact_id: str, loc: list[Any]) -> None:
-    # FOR SHARE (PostgreSQL): a DELETE of the artifact waits for this submission's commit, then sees the new
-    # job using it and answers 409; a DELETE that came first makes this read find nothing (a 422).
-    exists = session.execute(select(Artifact.id).where(Artifact.id == artifact_id, Artifact.team_id == caller.team_id)
-                             .with_for_update(read=True)).first()
-    if exists is None:
-        field = ".".join(str(p) for p in loc[1:])
-        raise InvalidRequest(f"{field}: no artifact {artifact_id} in your team.",
-                             errors=[{"loc": loc, "msg": "unknown artifact"}])
-
-
-def _check_dataset_source(session: Session, caller: Caller, source: Any, settings: Settings) -> None:
-    loc = ["body", "spec", "source"]
-    if source.type == "artifact":
-        _check_artifact(session, caller, source.artifact_id, [*loc, "artifact_id"])
-    elif source.type == "local":
-        base = settings.local_datasets_dir
-        if base is None:
-            raise InvalidRequest("spec.source: local sources are disabled on this server "
-                                 "(TUNEQ_LOCAL_DATASETS_DIR is not set); upload the files with POST /v1/files.",
-                                 errors=[{"loc": [*loc, "type"], "msg": "disabled"}])
-        path = (base / source.path).resolve()
-        if not path.is_relative_to(base.resolve()) or not path.is_dir():
-            raise InvalidRequest(f"spec.source.path: no dataset directory '{source.path}' on this server.",
-                                 errors=[{"loc": [*loc, "path"], "msg": "not found"}])
-
-
 def _check_dependencies(session: Session, team_id: str, depends_on: list[str]) -> bool:
     """True when every dependency already succeeded; 422 when one is unknown or failed."""
     if not depends_on:
@@ -230,12 +99,20 @@ def submit(
     kind: str,
     idempotency_key: str | None,
     settings: Settings,
+    dry_run: bool = False,
 ) -> tuple[dict[str, Any], bool]:
-    """Create a job, commit, then send its wake-up. Returns (job, replayed)."""
+    """Create a job, commit, then send its wake-up. Returns (job, replayed). A dry run checks everything,
+    creates nothing and returns the estimate."""
     if kind == "test" and not settings.enable_test_jobs:
         raise InvalidRequest("Job kind 'test' is disabled on this server (TUNEQ_ENABLE_TEST_JOBS).",
                              errors=[{"loc": ["body", "kind"], "msg": "disabled"}])
-    _check_spec(session, caller, kind, body, settings)
+    job_checks.check_spec(session, caller, kind, body, settings)
+    spec_model = getattr(body, "spec", None)
+    estimate = estimates.estimate(session, caller, kind, spec_model, settings) if spec_model is not None else None
+    if dry_run:
+        session.rollback()
+        return {"dry_run": True, "kind": kind, "spec": spec, "depends_on": body.depends_on,
+                "estimate": estimate}, False
     body_hash = request_hash(body)
     if idempotency_key:
         replay = _replay(session, caller.team_id, idempotency_key, body_hash)
@@ -260,6 +137,8 @@ def submit(
         "request_hash": body_hash, "updated_at": now, "enqueued_at": now if ready else None,
         "has_dependents": False, "lease_owner": None, "heartbeat_at": None, "preempted": False,
         "stall_seconds": body.stall_seconds, "progress_at": None, "not_before": None,
+        "pipeline_id": None, "pipeline_step": None, "has_refs": False, "estimate": estimate,
+        "webhook_url": body.webhook_url,
     }
     def insert(conn: Connection) -> None:
         if conn.dialect.name == "postgresql":  # the job and its first event in one statement
