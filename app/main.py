@@ -17,10 +17,10 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import artifacts, events, health, job_outputs, jobs, metrics, openapi
+from app.api import artifacts, events, health, job_outputs, jobs, metrics, openapi, pipelines, webhooks
 from app.api.body_timeout import BodyTimeout
 from app.api.gate import AuthGate
-from app.api.responses import problem
+from app.api.responses import domain_problem, problem
 from app.db import DatabaseUnavailable, get_engine, is_transient
 from app.errors import DatabaseUnreachable, PayloadTooLarge, TuneqError
 from app.services.auth import KeyCache
@@ -105,15 +105,9 @@ def _bug_problem(request: Request, exc: Exception) -> Response:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    def _render(exc: TuneqError) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-        if exc.retry_after is not None:
-            headers["Retry-After"] = str(exc.retry_after)
-        return problem(exc.status, exc.title, exc.detail, code=exc.code, errors=exc.errors, headers=headers or None)
-
     @app.exception_handler(TuneqError)
     async def _domain(_: Request, exc: TuneqError) -> Response:
-        return _render(exc)
+        return domain_problem(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
@@ -136,7 +130,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, DBAPIError) and not is_transient(exc):
             return _bug_problem(request, exc)
         log.warning("database unreachable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        return _render(DatabaseUnreachable())
+        return domain_problem(DatabaseUnreachable())
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:
@@ -176,6 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(job_outputs.router)
     app.include_router(artifacts.router)
+    app.include_router(pipelines.router)
+    app.include_router(webhooks.router)
     openapi.install(app)  # a truthful /openapi.json: bearer auth, problem+json errors
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 JOB_KINDS = ("dataset", "generation", "training", "evaluation")
+
+
+class GenerationPrice(BaseModel):
+    """A model's price in USD per million tokens (TUNEQ_GENERATION_PRICES)."""
+
+    prompt: float = Field(ge=0)
+    completion: float = Field(ge=0)
 
 
 class Settings(BaseSettings):
@@ -45,8 +52,25 @@ class Settings(BaseSettings):
     # budget at most the team's cap (team.limits["generation_max_cost_usd"], default the setting below).
     generation_default_max_cost_usd: float | None = 20.0
     generation_team_max_cost_usd: float | None = 200.0
+    # Estimates (app/services/estimates.py: dry runs, and every job's `estimate`). No prices ship with tuneq:
+    # without an entry for the model, cost_usd / duration_seconds are null and a note says which setting to set.
+    # JSON {base_model: USD per million training tokens (every token sent)}:
+    training_price_per_mtok: dict[str, float] = {}
+    training_tokens_per_second: dict[str, float] = {}  # JSON {base_model: training tokens/s you measured}
+    # A dry run renders every row of a training artifact up to this size (exact counts); larger artifacts, and
+    # every created job, use the dataset job's token statistics instead.
+    estimate_scan_max_bytes: int = 256 * 1024**2
+    # Generation: completion tokens assumed per item when neither the spec nor its preset sets max_tokens.
+    estimate_completion_tokens: int = 1024
     enable_test_jobs: bool = False  # accept kind "test" (tests and benchmarks only)
     max_upload_bytes: int = 2 * 1024**3
+    # Outputs of failed and cancelled jobs (rows and files, and any attempt folders left on disk) are deleted
+    # this many days after the job ended, by a sweep run from the reaper's thread at most every
+    # retention_sweep_seconds (app/services/retention.py). 0 or empty: kept forever. Never an artifact an
+    # unfinished job uses, an upload, or a succeeded job's output.
+    failed_output_retention_days: Annotated[float, BeforeValidator(lambda v: 0 if v in ("", None) else v),
+                                            Field(ge=0)] = 7.0
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0)
     upload_quota_bytes: int = 50 * 1024**3  # a team's uploaded files, in total
     preview_max_row_bytes: int = 1024**2  # preview/render answer 422 for a longer row (download it instead)
     local_datasets_dir: Path | None = None  # dataset jobs may read Hub-shaped directories under it
@@ -95,10 +119,31 @@ class Settings(BaseSettings):
     sql_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     sql_statement_timeout_seconds: float = 60.0
 
+    # Webhooks (docs/architecture.md, "Webhooks"): a job's or pipeline's `webhook_url` gets a Standard Webhooks
+    # POST signed with this secret ("whsec_" + base64); unset, webhook_url is refused at submit (422).
+    webhook_secret: Annotated[SecretStr | None, BeforeValidator(lambda v: None if v in ("", None) else v)] = None
+    # Private, loopback and shared addresses are refused unless allowed here; link-local (cloud metadata),
+    # multicast and unspecified addresses only through webhook_allowed_networks (CIDRs, e.g. ["10.0.0.0/8"]).
+    webhook_allow_private: bool = False
+    webhook_allowed_networks: list[str] = []
+    webhook_timeout_seconds: float = 10.0  # each phase of one POST (connect, write, read), and its DNS lookup
+    webhook_max_attempts: int = Field(default=8, ge=1)  # then the delivery is marked failed
+    webhook_retry_base_seconds: float = 10.0  # attempt n waits base × 2^(n-1) (± jitter), at most:
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_interval_seconds: float = 1.0  # how often each worker's main process looks for due deliveries
+
     # External services
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
     openrouter_app_name: str = "tuneq"
     openrouter_referer: str | None = None
+    # Requests per second for the server's OpenRouter key, shared by every job and worker through the broker's
+    # Redis (a job's requests_per_second only lowers its share); unset: the key is not paced.
+    openrouter_requests_per_second: float | None = Field(default=None, gt=0)
+    # Replies without usage.cost are priced by their tokens: this table (USD per million tokens,
+    # {"model": {"prompt": 0.6, "completion": 2.5}}) wins over the provider's GET /models, which each worker
+    # process keeps this long.
+    generation_prices: dict[str, GenerationPrice] = {}
+    openrouter_models_cache_seconds: float = Field(default=3600.0, ge=0)
 
     # Also read as TINKER_API_BASE, the name the training scripts this service replaces use.
     tinker_base_url: str | None = Field(

@@ -1,5 +1,6 @@
 """Dataset job throughput against raw tokenization of the same text, the encoder against Hugging Face
-`tokenizers`, and peak RSS converting 1,000,000 rows. Usage: python bench/dataset.py [--rows 20000]
+`tokenizers`, the same rows as a three-source mix (two uploads and a local Parquet directory) against the
+encoder too, and peak RSS converting 1,000,000 rows. Usage: python bench/dataset.py [--rows 20000]
 
 The job runs for real (claim → pipeline → artifacts → succeeded) in this process on SQLite, so its figure
 includes reading, shape conversion, validation, rendering, dedupe, splitting and atomic writes.
@@ -16,9 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,10 +44,39 @@ def make_rows(path: Path, n: int, words_per_turn: int, seed: int = 0) -> None:
 
 
 def run_job(var: Path, data: Path) -> tuple[dict, float]:
-    """Create an upload artifact and a dataset job for it, then drive the job in this process.
-    Returns the job result and the seconds the job itself took (set-up excluded)."""
+    """One upload, one dataset job. Returns the job result and the seconds the job itself took."""
+    return drive_job(var, [data], lambda ids: {
+        "source": {"type": "artifact", "artifact_id": ids[0]}, "shape": "messages", "validation_rows": 100})
+
+
+def run_mixed_job(var: Path, data: Path) -> tuple[dict, float]:
+    """The same rows as three sources mixed by weight: two uploads (ChatML JSONL, and ShareGPT JSONL) and a local
+    directory (Parquet), a third of the rows each, weights 1:1:1 so every row is kept."""
+    rows = [orjson.loads(line) for line in open(data, "rb")]
+    third = len(rows) // 3
+    parts = [rows[:third], rows[third:2 * third], rows[2 * third:]]
+    first, second = var.parent / f"{var.name}-a.jsonl", var.parent / f"{var.name}-b.jsonl"
+    first.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in parts[0]))
+    sharegpt = [{"conversations": [{"from": {"user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]}
+                                   for m in r["messages"]]} for r in parts[1]]
+    second.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in sharegpt))
+    local = var / "datasets" / "mixed"  # under TUNEQ_LOCAL_DATASETS_DIR
+    (local / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(parts[2]), local / "data" / "train-00000-of-00001.parquet")
+    n = [len(p) for p in parts]
+    return drive_job(var, [first, second], lambda ids: {"sources": [
+        {"type": "artifact", "artifact_id": ids[0], "shape": "messages", "weight": n[0]},
+        {"type": "artifact", "artifact_id": ids[1], "shape": "sharegpt", "weight": n[1]},
+        {"type": "local", "path": "mixed", "shape": "messages", "weight": n[2]},
+    ], "validation_rows": 100})
+
+
+def drive_job(var: Path, uploads: list[Path], spec_of: Callable[[list[str]], dict]) -> tuple[dict, float]:
+    """Create upload artifacts and a dataset job for them (local sources live under var/datasets), then drive the
+    job in this process. Returns the job result and the seconds the job itself took (set-up excluded)."""
     os.environ.update({"TUNEQ_VAR_DIR": str(var), "TUNEQ_DATABASE_URL": f"sqlite:///{var / 'bench.db'}",
-                       "TUNEQ_BROKER_URL": "redis://127.0.0.1:1/0", "TUNEQ_HEARTBEAT_SECONDS": "5"})
+                       "TUNEQ_BROKER_URL": "redis://127.0.0.1:1/0", "TUNEQ_HEARTBEAT_SECONDS": "5",
+                       "TUNEQ_LOCAL_DATASETS_DIR": str(var / "datasets")})
     from app.db import reset_engine, session_scope
     from app.migrate import upgrade
     from app.settings import get_settings
@@ -55,17 +88,20 @@ def run_job(var: Path, data: Path) -> tuple[dict, float]:
     from workers.tasks import drive
 
     var.mkdir(parents=True, exist_ok=True)
+    (var / "datasets").mkdir(exist_ok=True)
     upgrade(os.environ["TUNEQ_DATABASE_URL"])
-    target = var / "artifacts" / "upload.jsonl"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.link(data, target)
     with session_scope() as session:
         team = auth.get_or_create_team(session, "bench")
-        art = Artifact(team_id=team.id, kind="upload", name="rows.jsonl", uri="upload.jsonl", format="jsonl")
-        session.add(art)
-        session.flush()
-        job = Job(team_id=team.id, kind="dataset", status="queued", spec={
-            "source": {"type": "artifact", "artifact_id": art.id}, "shape": "messages", "validation_rows": 100})
+        ids = []
+        for i, data in enumerate(uploads):
+            target = var / "artifacts" / f"upload-{i}.jsonl"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(data, target)
+            art = Artifact(team_id=team.id, kind="upload", name=data.name, uri=target.name, format="jsonl")
+            session.add(art)
+            session.flush()
+            ids.append(art.id)
+        job = Job(team_id=team.id, kind="dataset", status="queued", spec=spec_of(ids))
         session.add(job)
         session.flush()
         job_id = job.id
@@ -122,12 +158,16 @@ def main() -> None:
         texts = [m["content"] for line in open(data, "rb") for m in orjson.loads(line)["messages"]]
         tok = get_tokenizer()
 
-        # Best of three for the job and for the encoder alike: this machine's speed drifts between runs.
-        job_s = float("inf")
+        # Best of three for the jobs and for the encoder alike: this machine's speed drifts between runs, so the
+        # single-source and the mixed job take turns.
+        job_s = mixed_s = float("inf")
         for attempt in range(3):
             result, seconds = run_job(Path(tmp) / f"var{attempt}", data)
             job_s = min(job_s, seconds)
+            mixed, seconds = run_mixed_job(Path(tmp) / f"mixed{attempt}", data)
+            mixed_s = min(mixed_s, seconds)
         job_tokens = result["splits"]["train"]["tokens"] + result["splits"]["validation"]["tokens"]
+        assert mixed["rows_out"] == result["rows_out"], (mixed["rows_out"], result["rows_out"])
 
         encoder_s = float("inf")
         for _ in range(3):
@@ -156,6 +196,8 @@ def main() -> None:
     single_tps, hf_tps = sample_tokens / ours_single_s, sample_tokens / hf_single_s
     print(f"dataset job      {rows_per_s:9.0f} rows/s  {tokens_per_s / 1e6:6.2f} M content tokens/s  "
           f"({result['rows_out']} rows, {job_tokens} rendered tokens, {job_s:.2f} s)")
+    print(f"mixed job, 3 sources {result['rows_out'] / mixed_s:5.0f} rows/s  "
+          f"{content_tokens / mixed_s / 1e6:6.2f} M content tokens/s  ({mixed_s:.2f} s)")
     print(f"encoder (tiktoken, Qwen3 ranks), batch on all cores   {encoder_tps / 1e6:6.2f} M tokens/s")
     print(f"encoder, one thread                                   {single_tps / 1e6:6.2f} M tokens/s")
     print(f"Hugging Face tokenizers, one thread (same ids)        {hf_tps / 1e6:6.2f} M tokens/s")
@@ -166,6 +208,7 @@ def main() -> None:
           f"{big['peak_rss_mb']} MB  (process before the job: {big['before_job_mb']} MB)")
     print(json.dumps({"bench": "dataset", "rows_per_s": round(rows_per_s), "tokens_per_s": round(tokens_per_s),
                       "encoder_tokens_per_s": round(encoder_tps), "job_vs_encoder": round(tokens_per_s / encoder_tps, 3),
+                      "mixed_job_vs_encoder": round(content_tokens / mixed_s / encoder_tps, 3),
                       "hf_tokens_per_s": round(hf_tps), "encoder_single_thread_tokens_per_s": round(single_tps),
                       "encoder_vs_hf": round(single_tps / hf_tps, 2),
                       "peak_rss_mb_1m_rows": big["peak_rss_mb"], "peak_rss_mb_quarter_rows": small["peak_rss_mb"]}))

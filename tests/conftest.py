@@ -118,7 +118,10 @@ def make_client(base_url: str, team_name: str | None = None) -> httpx.Client:
     with session_scope() as session:
         team = auth.get_or_create_team(session, team_name or f"team-{uuid.uuid4().hex[:10]}")
         _, plain = auth.create_key(session, team_id=team.id)
-    return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {plain}"}, timeout=30)
+    # Reads may last as long as the longest long-poll a test asks for (/wait?timeout=120), so a slow job on a
+    # loaded machine ends the wait, not the connection.
+    return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {plain}"},
+                        timeout=httpx.Timeout(30, read=150))
 
 
 @pytest.fixture
@@ -131,7 +134,7 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
 @pytest.fixture
 def reaper_paused(backend: dict[str, str]) -> Iterator[None]:
     """Hold the reaper lock for the test, so the reapers of a running stack (API and workers) leave the rows
-    a test arranges by hand alone; the test runs its own passes with `transitions.reap`."""
+    a test arranges by hand alone; the test runs its own passes with `reaper.reap`."""
     from sqlalchemy import update
 
     from app.db import get_engine

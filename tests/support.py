@@ -166,3 +166,12 @@ def processes_with_env(name: str, value: str) -> set[int]:
         except OSError:
             continue
     return pids
+
+
+def start_api_only(backend: dict[str, str], logs: Path, **settings: str) -> Stack:
+    """An API process (no worker, no reaper) on the test backend with these extra settings; stop() it."""
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **backend, "TUNEQ_RUN_REAPER": "0", **settings}
+    stack = Stack(env=env, base_url=f"http://127.0.0.1:{free_port()}", logs=logs)
+    stack.start_api()
+    return stack

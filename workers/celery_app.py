@@ -24,6 +24,7 @@ from app.queue import QUEUES, make_celery
 from app.services.reaper import ReaperThread
 from app.settings import get_settings
 from workers.lease import enter_pool_child
+from workers.webhooks import WebhookThread
 
 celery = make_celery("tuneq", get_settings(), include=["workers.tasks"])
 celery.conf.task_queues = [Queue(name) for name in QUEUES]
@@ -84,17 +85,21 @@ def _fresh_process(**_: Any) -> None:
 
 
 _reaper: ReaperThread | None = None
+_webhooks: WebhookThread | None = None
 
 
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
     # In the worker's main process (pool children are forked earlier and do not inherit threads): the reaper
     # must run even when no API process does (docs/architecture.md, "Reaper").
-    global _reaper
+    global _reaper, _webhooks
     settings = get_settings()
     if settings.run_reaper and _reaper is None:
         _reaper = ReaperThread(settings)
         _reaper.start()
+    if settings.webhook_secret is not None and _webhooks is None:  # the webhook outbox's sender
+        _webhooks = WebhookThread(settings)
+        _webhooks.start()
 
 
 @worker_shutting_down.connect
@@ -108,6 +113,8 @@ def _drain_pool(**_: Any) -> None:
             pass
     if _reaper is not None:
         _reaper.stopping.set()
+    if _webhooks is not None:
+        _webhooks.stopping.set()
 
 
 _cold_shutdown_timer: threading.Timer | None = None

@@ -16,7 +16,7 @@ from typing import Any
 from app.db import DatabaseUnavailable, is_transient, retry_transient, run_statement, session_scope
 from app.errors import TuneqError
 from app.queue import RUN_JOB, enqueue
-from app.services import transitions
+from app.services import dependencies, transitions
 from app.services.transitions import LeaseLost, error_body
 from app.settings import get_settings
 from workers.celery_app import celery
@@ -128,7 +128,7 @@ def _finished(ctx: JobContext, status: str, *, result: dict[str, Any] | None = N
         waited_on = transitions.finish(db, ctx.job_id, ctx.token, status, result=result, error=error)
         log.info("job %s: %s", ctx.job_id, status)
         # Queue the jobs that were waiting on this one (the reaper also would).
-        return transitions.release_dependents(db, ctx.job_id) if waited_on else []
+        return dependencies.release_dependents(db, ctx.job_id) if waited_on else []
     return record
 
 

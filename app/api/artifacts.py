@@ -14,7 +14,7 @@ from app.api.responses import JSON
 from app.chat import render_pieces, validate_conversation
 from app.db import read_in_sql_thread, session_scope
 from app.errors import InvalidRequest
-from app.schemas.artifacts import ArtifactList, ArtifactOut, PreviewOut, RenderOut
+from app.schemas.artifacts import ArtifactList, ArtifactOut, ArtifactPatch, PreviewOut, RenderOut
 from app.services import artifact_catalog
 from app.services import artifacts as artifacts_service
 
@@ -32,16 +32,28 @@ async def upload_file(
     request: Request,
     caller: CallerDep,
     settings: SettingsDep,
-    name: Annotated[str, Query(min_length=1, max_length=255,
-                               description="file name, e.g. train.jsonl (at most 255 bytes of UTF-8)")],
+    name: Annotated[str | None, Query(min_length=1, max_length=255,
+                                      description="display name (default: filename), at most 255 bytes of UTF-8; "
+                                                  "also the file name when `filename` is not given")] = None,
+    filename: Annotated[str | None, Query(min_length=1, max_length=255,
+                                          description="the uploaded file's name, e.g. train.jsonl: its extension "
+                                                      "gives the format (default: name)")] = None,
     format: Annotated[Literal["jsonl", "json", "parquet", "csv"] | None, Query()] = None,
+    label: Annotated[list[str] | None, Query(max_length=50, description="a label as name:value (repeat for more, "
+                                                                        "at most 50)")] = None,
 ) -> Response:
     """Upload a dataset file as the raw request body (streamed to the store, never held in memory):
-    `curl --data-binary @train.jsonl "$API/v1/files?name=train.jsonl"`. A team's uploads together may hold
-    at most `TUNEQ_UPLOAD_QUOTA_BYTES`."""
+    `curl --data-binary @train.jsonl "$API/v1/files?filename=train.jsonl&name=Stage%201%20mix&label=stage:1"`.
+    A team's uploads together may hold at most `TUNEQ_UPLOAD_QUOTA_BYTES`."""
     caller.require("jobs:write")
-    name = artifacts_service.validate_upload_name(name)
-    fmt = artifacts_service.upload_format(name, format)
+    if name is None and filename is None:
+        raise InvalidRequest("name: give the file's name (?filename=train.jsonl) or a display name (?name=…).",
+                             errors=[{"loc": ["query", "name"], "msg": "missing"}])
+    filename = artifacts_service.validate_upload_name(filename, ("query", "filename")) if filename else None
+    name = artifacts_service.validate_upload_name(name) if name else filename
+    assert name is not None
+    fmt = artifacts_service.upload_format(filename or name, format)
+    labels = artifact_catalog.parse_labels(label or [], ["query", "label"])
     quota = settings.upload_quota_bytes
     in_use = await run_in_threadpool(_in_use, caller.team_id)
     artifacts_service.check_quota(in_use, quota)
@@ -56,7 +68,8 @@ async def upload_file(
     def _finish() -> dict[str, Any]:
         with session_scope() as session:
             return artifacts_service.finish_upload(session, team_id=caller.team_id, artifact_id=artifact_id,
-                                                   name=name, fmt=fmt, writer=writer)
+                                                   name=name, fmt=fmt, writer=writer, labels=labels,
+                                                   meta={"filename": filename} if filename else None)
 
     return JSON(await run_in_threadpool(_finish), status_code=201)
 
@@ -119,6 +132,8 @@ Word = Annotated[str | None, Query(max_length=32, description="1–32 of a–z, 
 NameFilter = Annotated[str | None, Query(max_length=256, description="exact name, or a prefix ending with '*' "
                                                                      "(e.g. train*); no control characters")]
 CreatedAfter = Annotated[datetime | None, Query(description="created after this time (no zone = UTC)")]
+LabelFilter = Annotated[str | None, Query(max_length=401, description="name:value, each 1–200 characters, no "
+                                                                      "control characters")]
 Limit = Annotated[int, Query(ge=1, le=200)]
 Cursor = Annotated[str | None, Query(max_length=100, description="next_cursor of the previous page")]
 IN_USE: dict[int | str, dict[str, Any]] = {409: {"description": "A pending, queued or running job of the team uses it (`detail` names the jobs)",
@@ -132,11 +147,12 @@ def _artifacts_page(team_id: str, **filters: Any) -> tuple[list[dict[str, Any]],
 
 @router.get("/files", response_model=ArtifactList)
 async def list_files(caller: CallerDep, name: NameFilter = None, format: Word = None,
-                     created_after: CreatedAfter = None, limit: Limit = 50, cursor: Cursor = None) -> Response:
+                     created_after: CreatedAfter = None, label: LabelFilter = None, limit: Limit = 50,
+                     cursor: Cursor = None) -> Response:
     """The team's uploads, newest first (the ids POST /v1/files answered)."""
     data, has_more, next_cursor = await read_in_sql_thread(
         _artifacts_page, caller.team_id, kind="upload", name=name, format=format, created_after=created_after,
-        limit=limit, cursor=cursor)
+        label=label, limit=limit, cursor=cursor)
     return JSON({"data": data, "has_more": has_more, "next_cursor": next_cursor})
 
 
@@ -148,13 +164,14 @@ async def list_artifacts(
     name: NameFilter = None,
     format: Word = None,
     created_after: CreatedAfter = None,
+    label: LabelFilter = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
     """All the team's artifacts, uploads and job outputs, newest first."""
     data, has_more, next_cursor = await read_in_sql_thread(
         _artifacts_page, caller.team_id, kind=kind, job_id=job_id, name=name, format=format,
-        created_after=created_after, limit=limit, cursor=cursor)
+        created_after=created_after, label=label, limit=limit, cursor=cursor)
     return JSON({"data": data, "has_more": has_more, "next_cursor": next_cursor})
 
 
@@ -172,3 +189,20 @@ def delete_file(file_id: str, caller: CallerDep, session: SessionDep) -> Respons
     caller.require("jobs:write")
     artifact_catalog.delete_artifact(session, team_id=caller.team_id, artifact_id=file_id, uploads_only=True)
     return Response(status_code=204)
+
+
+@router.patch("/artifacts/{artifact_id}", response_model=ArtifactOut)
+def update_artifact(artifact_id: str, body: ArtifactPatch, caller: CallerDep, session: SessionDep) -> Response:
+    """Rename an upload or a job's output, or change its labels (`{"labels": {"stage": "2", "old": null}}` sets
+    `stage` and removes `old`; labels not named stay)."""
+    caller.require("jobs:write")
+    return JSON(artifact_catalog.update_artifact(session, team_id=caller.team_id, artifact_id=artifact_id,
+                                                 name=body.name, labels=body.labels))
+
+
+@router.patch("/files/{file_id}", response_model=ArtifactOut)
+def update_file(file_id: str, body: ArtifactPatch, caller: CallerDep, session: SessionDep) -> Response:
+    """PATCH /v1/artifacts/{id} for uploads only (a job's output answers 404 here)."""
+    caller.require("jobs:write")
+    return JSON(artifact_catalog.update_artifact(session, team_id=caller.team_id, artifact_id=file_id,
+                                                 name=body.name, labels=body.labels, uploads_only=True))

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.responses import problem
+from app.api.responses import domain_problem, problem
 from app.db import DatabaseUnavailable, is_transient, read_in_sql_thread, session_scope
 from app.errors import DatabaseUnreachable, NotFound, TuneqError, Unauthorized
 from app.services import auth as auth_service
@@ -153,12 +153,7 @@ class AuthGate:
 
     @staticmethod
     async def _refuse(exc: TuneqError, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-        if exc.retry_after is not None:
-            headers["Retry-After"] = str(exc.retry_after)
-        response = problem(exc.status, exc.title, exc.detail, code=exc.code, errors=exc.errors,
-                           headers=headers or None)
-        await response(scope, receive, send)
+        await domain_problem(exc)(scope, receive, send)
 
     @staticmethod
     async def _bug(exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:

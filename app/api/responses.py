@@ -7,6 +7,8 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from app.errors import TuneqError
+
 
 class JSON(Response):
     media_type = "application/json"
@@ -21,3 +23,12 @@ def problem(status: int, title: str, detail: str, *, code: str, errors: list[dic
             "code": code, "errors": errors or []}
     return Response(orjson.dumps(body), status_code=status, media_type="application/problem+json",
                     headers=headers)
+
+
+def domain_problem(exc: TuneqError) -> Response:
+    """A domain error as problem+json, with the headers its status calls for (one place for the gate and the
+    app's handler)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    return problem(exc.status, exc.title, exc.detail, code=exc.code, errors=exc.errors, headers=headers or None)

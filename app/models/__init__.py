@@ -12,6 +12,7 @@ from app.models.lock import Lock
 from app.models.metric import Metric
 from app.models.pipeline import Pipeline
 from app.models.team import Team
+from app.models.webhook_delivery import WebhookDelivery
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -28,6 +29,7 @@ __all__ = [
     "Metric",
     "Pipeline",
     "Team",
+    "WebhookDelivery",
     "db_now",
     "new_id",
     "row_dict",

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, String
+from sqlalchemy import BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONType, UTCDateTime, new_id, utcnow
@@ -13,9 +13,11 @@ class Artifact(Base):
     """A file in the artifact store: an upload, a dataset split, an exported adapter."""
 
     __tablename__ = "artifact"
+    # Lists are the team's artifacts newest first, keyset on (created_at, id) (app/services/artifact_catalog.py).
+    __table_args__ = (Index("ix_artifact_team_id_created_at_id", "team_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("art"))
-    team_id: Mapped[str] = mapped_column(ForeignKey("team.id"), index=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("team.id"))
     job_id: Mapped[str | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     name: Mapped[str] = mapped_column(String(255))
@@ -26,4 +28,6 @@ class Artifact(Base):
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
     meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # name → value, as on jobs (≤ 50 pairs); a job's outputs start with the job's labels.
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -11,7 +11,7 @@ from app.models.base import Base, JSONType, UTCDateTime, new_id, utcnow
 
 class Pipeline(Base):
     """Named steps submitted together; each step is an ordinary job (`job.pipeline_id`, `job.pipeline_step`).
-    Its status is derived from its jobs' (docs/architecture.md, "Pipelines")."""
+    Its status is derived from its jobs' (docs/architecture.md, "Multi-step pipelines")."""
 
     __tablename__ = "pipeline"
     __table_args__ = (
@@ -23,7 +23,7 @@ class Pipeline(Base):
     team_id: Mapped[str] = mapped_column(ForeignKey("team.id"))
     name: Mapped[str | None] = mapped_column(String(200))
     labels: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
-    steps: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)  # step name → job id, in order
+    steps: Mapped[list[dict[str, str]]] = mapped_column(JSONType, default=list)  # [{name, job_id}] in order
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.schemas.common import Label, StrictModel
+
 
 class ArtifactOut(BaseModel):
     id: str
@@ -18,7 +20,17 @@ class ArtifactOut(BaseModel):
     bytes: int | None
     sha256: str | None
     meta: dict[str, Any]
+    labels: dict[str, str] = Field(description="name → value; a job's outputs start with the job's labels")
     created_at: str | None
+
+
+class ArtifactPatch(StrictModel):
+    """Rename or relabel an artifact. `labels` is a JSON merge patch: a pair sets that label, a null value
+    removes it, labels not named stay; at most 50 remain."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=255,
+                             description="new display name: a plain file name, at most 255 bytes of UTF-8")
+    labels: dict[Label, Label | None] | None = Field(default=None, max_length=100)
 
 
 class ArtifactList(BaseModel):

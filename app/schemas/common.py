@@ -29,7 +29,7 @@ REF_PATTERN = r"^[A-Za-z0-9_-]{1,64}\.[a-z_]{1,64}$"
 
 class OutputRef(BaseModel):
     """`{"$ref": "STEP.OUTPUT"}`: an output of an earlier pipeline step (or, in a plain job, of a job named in
-    `depends_on`), filled in when this job is released (docs/architecture.md, "Pipelines")."""
+    `depends_on`), filled in when this job is released (docs/architecture.md, "Multi-step pipelines")."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     ref: str = Field(alias="$ref", pattern=REF_PATTERN, examples=["data.train_artifact"],
@@ -45,6 +45,13 @@ WebhookUrl = Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^http
 
 # A field that names an earlier job's output: an id, or a reference resolved when the job is released.
 RefOrOutput = Ref | OutputRef
+
+
+def plain(value: str | OutputRef) -> str:
+    """A RefOrOutput field as a worker reads it: a released job's references are all filled in."""
+    if isinstance(value, OutputRef):
+        raise ValueError(f"the reference {value.ref} was not filled in before the job ran")
+    return value
 
 
 def control_characters(text: str) -> bool:

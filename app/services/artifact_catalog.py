@@ -5,6 +5,7 @@ different id prefixes, so ids alone do not sort them by time. The cursor is opaq
 
 An artifact that a pending, queued or running job of the team names in its spec cannot be deleted (409
 naming the jobs): the job would fail when it reaches the missing file (docs/architecture.md, "Artifacts").
+Names and labels can be changed (`update_artifact`); labels are filtered like jobs' (`label=name:value`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, cast, delete, func, or_, select
+from sqlalchemy import String, and_, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.models import Artifact, Job, row_dict
 from app.schemas.common import clamp_utc, control_characters
+from app.services import artifacts as artifacts_service
 from app.services.artifacts import ARTIFACT_COLUMNS, MAX_NAME_BYTES, local_path, root
 
 log = logging.getLogger("tuneq.artifacts")
@@ -31,6 +33,7 @@ WORD = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")  # an artifact kind or format, a
 ID = re.compile(r"[a-z]{1,20}_[0-9a-f]{1,64}")  # a job or artifact id (app.models.new_id)
 _EPOCH, _MICRO = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
 _CURSOR = re.compile(r"(-?[0-9]{1,20}):([a-z]{1,20}_[0-9a-f]{1,64})")
+MAX_LABELS, MAX_LABEL_CHARS = 50, 200  # as on jobs (app/schemas/jobs.py)
 
 
 def _bad(field: str, msg: str, detail: str) -> InvalidRequest:
@@ -77,6 +80,32 @@ def _name_filter(name: str) -> Any:
     return func.substr(Artifact.name, 1, len(text)) == text
 
 
+def parse_label(text: str, loc: list[str]) -> tuple[str, str]:
+    """`name:value` (split at the first ':'), each part 1–200 characters without control characters — the
+    syntax and message of GET /v1/jobs?label=."""
+    name, sep, value = text.partition(":")
+    if (not sep or not name or not value or len(name) > MAX_LABEL_CHARS or len(value) > MAX_LABEL_CHARS
+            or control_characters(text)):
+        raise InvalidRequest(f"{loc[-1]}: must look like 'name:value', each part 1–200 characters without control "
+                             "characters.", errors=[{"loc": loc, "msg": "expected name:value"}])
+    return name, value
+
+
+def parse_labels(texts: list[str], loc: list[str]) -> dict[str, str]:
+    """Labels given as repeated `label=name:value` (an upload's); a name given twice or over 50 pairs is a 422."""
+    labels: dict[str, str] = {}
+    for text in texts:
+        name, value = parse_label(text, loc)
+        if name in labels:
+            raise InvalidRequest(f"{loc[-1]}: label '{name}' is given twice; give each name once.",
+                                 errors=[{"loc": loc, "msg": f"duplicate label {name}"}])
+        labels[name] = value
+    if len(labels) > MAX_LABELS:
+        raise InvalidRequest(f"{loc[-1]}: {len(labels)} labels given; at most {MAX_LABELS} are allowed.",
+                             errors=[{"loc": loc, "msg": f"more than {MAX_LABELS} labels"}])
+    return labels
+
+
 def list_artifacts(
     session: Session,
     *,
@@ -86,6 +115,7 @@ def list_artifacts(
     name: str | None = None,
     format: str | None = None,
     created_after: datetime | None = None,
+    label: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[dict[str, Any]], bool, str | None]:
@@ -108,6 +138,9 @@ def list_artifacts(
             query = query.where(condition)
     if created_after is not None:
         query = query.where(Artifact.created_at > clamp_utc(created_after))
+    if label:
+        label_name, value = parse_label(label, ["query", "label"])
+        query = query.where(Artifact.labels[label_name].as_string() == value)
     if cursor:
         when, last_id = decode_cursor(cursor)
         query = query.where(or_(Artifact.created_at < when,
@@ -145,7 +178,7 @@ def jobs_using(session: Session, team_id: str, artifact_id: str) -> list[str]:
     return [r.id for r in rows if _names(r.spec, artifact_id)]
 
 
-def _remove_file(uri: str) -> None:
+def remove_stored_file(uri: str) -> None:
     """The artifact's file, then its folders up to the team's folder while they are empty."""
     base = root()
     path = local_path(uri).resolve()
@@ -187,4 +220,40 @@ def delete_artifact(session: Session, *, team_id: str, artifact_id: str, uploads
     shared = session.scalar(select(func.count()).select_from(Artifact).where(Artifact.uri == row.uri))
     session.commit()
     if not shared:
-        _remove_file(row.uri)
+        remove_stored_file(row.uri)
+
+
+def update_artifact(session: Session, *, team_id: str, artifact_id: str, name: str | None = None,
+                    labels: dict[str, str | None] | None = None, uploads_only: bool = False) -> dict[str, Any]:
+    """Rename and/or relabel (`labels` as a JSON merge patch: null removes a label). The row is locked while
+    its labels are merged, so two concurrent patches both apply. 404 for another team's id (or, with
+    `uploads_only`, for a job's output)."""
+    what = "upload" if uploads_only else "artifact"
+    if not ID.fullmatch(artifact_id):
+        raise NotFound(f"No {what} {artifact_id[:100]!r} in your team.")
+    if name is not None:
+        name = artifacts_service.validate_upload_name(name, ("body", "name"))
+    query = select(Artifact.kind, Artifact.labels).where(Artifact.id == artifact_id, Artifact.team_id == team_id)
+    row = session.execute(query.with_for_update()).first()
+    if row is None or (uploads_only and row.kind != "upload"):
+        raise NotFound(f"No {what} {artifact_id} in your team.")
+    values: dict[str, Any] = {}
+    if name is not None:
+        values["name"] = name
+    if labels is not None:
+        merged = dict(row.labels or {})
+        for key, value in labels.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        if len(merged) > MAX_LABELS:
+            raise InvalidRequest(f"labels: the {what} would have {len(merged)} labels; at most {MAX_LABELS} are "
+                                 "allowed (remove some with a null value).",
+                                 errors=[{"loc": ["body", "labels"], "msg": f"more than {MAX_LABELS} labels"}])
+        values["labels"] = merged
+    if values:
+        session.execute(update(Artifact).where(Artifact.id == artifact_id, Artifact.team_id == team_id)
+                        .values(**values))
+        session.commit()
+    return artifacts_service.get(session, team_id=team_id, artifact_id=artifact_id)

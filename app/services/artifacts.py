@@ -22,12 +22,13 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest, NotFound, PayloadTooLarge
-from app.models import Artifact, new_id, row_dict, utcnow
+from app.models import Artifact, Job, new_id, row_dict, utcnow
 from app.settings import get_settings
 
 UPLOAD_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ARTIFACT_COLUMNS = (Artifact.id, Artifact.job_id, Artifact.kind, Artifact.name, Artifact.format, Artifact.status,
-                    Artifact.rows, Artifact.bytes, Artifact.sha256, Artifact.meta, Artifact.created_at)
+                    Artifact.rows, Artifact.bytes, Artifact.sha256, Artifact.meta, Artifact.labels,
+                    Artifact.created_at)
 
 
 # Artifact files are private to the service's user: directories 0700, files 0600 (docs/architecture.md,
@@ -138,9 +139,9 @@ def upload_format(name: str, fmt: str | None) -> str:
     return UPLOAD_FORMATS[suffix]
 
 
-def validate_upload_name(name: str) -> str:
-    """The display name of an upload, checked before anything touches disk: a plain file name (no path
-    separators, NUL or control characters, not `.`/`..`) of at most 255 bytes of UTF-8."""
+def validate_upload_name(name: str, loc: tuple[str, ...] = ("query", "name")) -> str:
+    """The display name of an upload (or an artifact renamed), checked before anything touches disk: a plain
+    file name (no path separators, NUL or control characters, not `.`/`..`) of at most 255 bytes of UTF-8."""
     problem = None
     if not name.strip():
         problem = "is empty"
@@ -154,7 +155,7 @@ def validate_upload_name(name: str) -> str:
         problem = f"is {len(name.encode('utf-8'))} bytes of UTF-8; at most {MAX_NAME_BYTES} are allowed"
     if problem is not None:
         raise InvalidRequest(f"name {problem}: give a plain file name such as train.jsonl.",
-                             errors=[{"loc": ["query", "name"], "msg": problem}])
+                             errors=[{"loc": list(loc), "msg": problem}])
     return name
 
 
@@ -205,7 +206,8 @@ def discard(writer: AtomicWriter) -> None:
 
 
 def finish_upload(session: Session, *, team_id: str, artifact_id: str, name: str, fmt: str,
-                  writer: AtomicWriter) -> dict[str, Any]:
+                  writer: AtomicWriter, labels: dict[str, str] | None = None,
+                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
     if writer.bytes == 0:
         discard(writer)
         raise InvalidRequest("The uploaded file is empty; send the file as the request body.",
@@ -214,8 +216,8 @@ def finish_upload(session: Session, *, team_id: str, artifact_id: str, name: str
         writer.commit()
         session.execute(insert(Artifact).values(
             id=artifact_id, team_id=team_id, job_id=None, kind="upload", name=name, uri=writer.relpath,
-            format=fmt, status="ready", rows=None, bytes=writer.bytes, sha256=writer.sha256, meta={},
-            created_at=utcnow(),
+            format=fmt, status="ready", rows=None, bytes=writer.bytes, sha256=writer.sha256, meta=meta or {},
+            labels=labels or {}, created_at=utcnow(),
         ))
     except BaseException:
         discard(writer)  # the file could not be committed or recorded: no row points at it, so it goes
@@ -226,11 +228,13 @@ def finish_upload(session: Session, *, team_id: str, artifact_id: str, name: str
 
 def register(session: Session, *, team_id: str, job_id: str, kind: str, name: str, writer: AtomicWriter,
              fmt: str, rows: int | None, meta: dict[str, Any] | None = None) -> str:
-    """Record a committed file made by a job (call inside the job's fenced transaction)."""
+    """Record a committed file made by a job (call inside the job's fenced transaction). It starts with the
+    job's labels (read in the same statement)."""
     artifact_id = new_id("art")
     session.execute(insert(Artifact).values(
         id=artifact_id, team_id=team_id, job_id=job_id, kind=kind, name=name, uri=writer.relpath, format=fmt,
         status="ready", rows=rows, bytes=writer.bytes, sha256=writer.sha256, meta=meta or {}, created_at=utcnow(),
+        labels=select(Job.labels).where(Job.id == job_id).scalar_subquery(),
     ))
     return artifact_id
 

@@ -12,7 +12,7 @@ from app.errors import InvalidRequest
 from app.models import Artifact, Checkpoint, Job
 from app.schemas.common import OutputRef
 from app.schemas.jobs import JobCreateBase
-from app.services import dataset_checks, ownership
+from app.services import dataset_checks, ownership, webhooks
 from app.services import generation as generation_service
 from app.services import training as training_service
 from app.services.auth import Caller
@@ -22,6 +22,7 @@ from app.settings import Settings
 def check_spec(session: Session, caller: Caller, kind: str, body: JobCreateBase, settings: Settings) -> None:
     """What the schema cannot know: references to the team's artifacts, server-side settings and keys."""
     spec = getattr(body, "spec", None)
+    webhooks.check_url(getattr(body, "webhook_url", None), settings, ["body", "webhook_url"])  # DNS only if given
     if kind == "dataset" and spec is not None:
         dataset_checks.check_dataset_spec(session, caller, spec, settings)
     elif kind == "generation" and spec is not None:

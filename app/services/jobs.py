@@ -16,7 +16,7 @@ from app.errors import Conflict, InvalidRequest, NotFound
 from app.models import TERMINAL_STATUSES, Job, JobEvent, new_id, row_dict, utcnow
 from app.queue import enqueue
 from app.schemas.jobs import JobCreateBase
-from app.services import estimates, job_checks, quotas, transitions
+from app.services import dependencies, estimates, job_checks, quotas, refs, transitions
 from app.services.auth import Caller
 from app.settings import Settings
 
@@ -70,7 +70,7 @@ def _replay(session: Session, team_id: str, key: str, body_hash: str) -> dict[st
     return get(session, team_id=team_id, job_id=row.id)
 
 
-def _check_dependencies(session: Session, team_id: str, depends_on: list[str]) -> bool:
+def dependencies_met(session: Session, team_id: str, depends_on: list[str]) -> bool:
     """True when every dependency already succeeded; 422 when one is unknown or failed."""
     if not depends_on:
         return True
@@ -90,6 +90,44 @@ def _check_dependencies(session: Session, team_id: str, depends_on: list[str]) -
     return all(found[d] == "succeeded" for d in depends_on)
 
 
+def job_values(job_id: str, team_id: str, kind: str, body: JobCreateBase, spec: dict[str, Any], settings: Settings,
+               *, depends_on: list[str], ready: bool, estimate: dict[str, Any] | None, has_refs: bool = False,
+               idempotency_key: str | None = None, request_hash: str | None = None, pipeline_id: str | None = None,
+               step: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the job as the API shows it, every column of its row) for a new job."""
+    now = utcnow()
+    row = {
+        "id": job_id, "kind": kind, "status": "queued" if ready else "pending", "spec": spec, "labels": body.labels,
+        "depends_on": depends_on, "progress": None, "result": None, "error": None, "attempt": 0,
+        "max_attempts": body.max_attempts or settings.max_attempts, "preemptions": 0, "created_at": now,
+        "started_at": None, "finished_at": None, "cancel_requested_at": None, "pipeline_id": pipeline_id,
+        "pipeline_step": step, "estimate": estimate, "webhook_url": body.webhook_url,
+    }
+    # Core inserts of constant statements (SQLAlchemy's compiled cache): this is the hot write path.
+    values = {
+        **row, "team_id": team_id, "lease_token": 0, "event_seq": 1, "idempotency_key": idempotency_key,
+        "request_hash": request_hash, "updated_at": now, "enqueued_at": now if ready else None,
+        "has_dependents": False, "lease_owner": None, "heartbeat_at": None, "preempted": False,
+        "stall_seconds": body.stall_seconds, "progress_at": None, "not_before": None, "has_refs": has_refs,
+    }
+    return row, values
+
+
+def _check_references(session: Session, team_id: str, references: list[refs.Reference],
+                      depends_on: list[str]) -> list[str]:
+    """A plain job's references name jobs of the team by id; each must have that output. Returns depends_on
+    with every referenced job added (a job waits for what it reads)."""
+    if not references:
+        return depends_on
+    kinds = dict(session.execute(select(Job.id, Job.kind).where(
+        Job.team_id == team_id, Job.id.in_({r.source for r in references}))).tuples().all())
+    for ref in references:
+        why = refs.problem(ref, kinds.get(ref.source), what="job in your team")
+        if why:
+            raise InvalidRequest(why, errors=[{"loc": ["body", "spec", *ref.path], "msg": "bad reference"}])
+    return [*depends_on, *sorted({r.source for r in references} - set(depends_on))]
+
+
 def submit(
     session: Session,
     *,
@@ -107,12 +145,15 @@ def submit(
         raise InvalidRequest("Job kind 'test' is disabled on this server (TUNEQ_ENABLE_TEST_JOBS).",
                              errors=[{"loc": ["body", "kind"], "msg": "disabled"}])
     job_checks.check_spec(session, caller, kind, body, settings)
+    references = list(refs.find(spec))
+    depends_on = _check_references(session, caller.team_id, references, body.depends_on)
     spec_model = getattr(body, "spec", None)
-    estimate = estimates.estimate(session, caller, kind, spec_model, settings) if spec_model is not None else None
+    estimate = (estimates.estimate(session, caller, kind, spec_model, settings, dry_run=dry_run)
+                if spec_model is not None else None)
     if dry_run:
         session.rollback()
-        return {"dry_run": True, "kind": kind, "spec": spec, "depends_on": body.depends_on,
-                "estimate": estimate}, False
+        return {"dry_run": True, "kind": kind, "spec": spec, "depends_on": depends_on, "estimate": estimate}, False
+    idempotency_key = idempotency_key or None  # an empty header is no key
     body_hash = request_hash(body)
     if idempotency_key:
         replay = _replay(session, caller.team_id, idempotency_key, body_hash)
@@ -121,25 +162,17 @@ def submit(
     if kind == "generation":
         spec = quotas.budget_generation(session, caller.team_id, spec, settings)
 
-    ready = _check_dependencies(session, caller.team_id, body.depends_on)
-    now = utcnow()
-    status = "queued" if ready else "pending"
+    ready = dependencies_met(session, caller.team_id, depends_on)
+    if ready and references:  # every referenced job already succeeded: fill the references in now
+        spec, why = refs.resolve(session, spec)
+        if why:
+            raise InvalidRequest(why, errors=[{"loc": ["body", "spec", *references[0].path], "msg": "output missing"}])
     job_id = new_id("job")
-    row = {
-        "id": job_id, "kind": kind, "status": status, "spec": spec, "labels": body.labels,
-        "depends_on": body.depends_on, "progress": None, "result": None, "error": None, "attempt": 0,
-        "max_attempts": body.max_attempts or settings.max_attempts, "preemptions": 0, "created_at": now,
-        "started_at": None, "finished_at": None, "cancel_requested_at": None,
-    }
-    # Core inserts of constant statements (SQLAlchemy's compiled cache): this is the hot write path.
-    values = {
-        **row, "team_id": caller.team_id, "lease_token": 0, "event_seq": 1, "idempotency_key": idempotency_key,
-        "request_hash": body_hash, "updated_at": now, "enqueued_at": now if ready else None,
-        "has_dependents": False, "lease_owner": None, "heartbeat_at": None, "preempted": False,
-        "stall_seconds": body.stall_seconds, "progress_at": None, "not_before": None,
-        "pipeline_id": None, "pipeline_step": None, "has_refs": False, "estimate": estimate,
-        "webhook_url": body.webhook_url,
-    }
+    row, values = job_values(job_id, caller.team_id, kind, body, spec, settings, depends_on=depends_on,
+                             ready=ready, estimate=estimate, has_refs=bool(references) and not ready,
+                             idempotency_key=idempotency_key, request_hash=body_hash)
+    now, status = values["created_at"], values["status"]
+
     def insert(conn: Connection) -> None:
         if conn.dialect.name == "postgresql":  # the job and its first event in one statement
             conn.execute(_INSERT_JOB_AND_EVENT, {**values, "e_data": {}})
@@ -149,13 +182,13 @@ def submit(
                                          "created_at": now})
 
     try:
-        if session.get_bind().dialect.name == "postgresql" and not body.depends_on:
+        if session.get_bind().dialect.name == "postgresql" and not depends_on:
             # One statement: it can skip BEGIN/COMMIT and the pre-ping. A retry on a fresh connection is safe:
             # if the first try did land, the retry hits its primary key, which counts as done (below).
             run_statement(insert)
         else:
             insert(session.connection())
-            transitions.add_dependencies(session, job_id, body.depends_on)
+            dependencies.add_dependencies(session, job_id, depends_on)
             session.commit()
     except IntegrityError:
         session.rollback()

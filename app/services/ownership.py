@@ -21,6 +21,6 @@ def check_artifact(session: Session, caller: Caller, artifact_id: str | OutputRe
     exists = session.execute(select(Artifact.id).where(Artifact.id == artifact_id, Artifact.team_id == caller.team_id)
                              .with_for_update(read=True)).first()
     if exists is None:
-        field = ".".join(str(p) for p in loc[1:])
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:]).lstrip(".")
         raise InvalidRequest(f"{field}: no artifact {artifact_id} in your team.",
                              errors=[{"loc": loc, "msg": "unknown artifact"}])

@@ -13,15 +13,16 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from sqlalchemy import Engine, case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app import queue
 from app.db import session_scope
-from app.models import Job, Lock, db_now
-from app.services import transitions
+from app.models import Job, Lock, db_now, utcnow
+from app.services import dependencies, retention, transitions
+from app.services.transitions import DB, Wakeup
 from app.settings import Settings
 
 log = logging.getLogger("tuneq.reaper")
@@ -90,7 +91,7 @@ class Reaper:
                 return 0
             # Wake-ups are only re-sent when likely lost, so a queue's length keeps meaning "jobs waiting".
             lost = {} if restarted else likely_lost(session, settings.requeue_after_seconds, queue.waiting_messages)
-            to_enqueue = transitions.reap(
+            to_enqueue = reap(
                 session, lease_seconds=settings.lease_seconds, requeue_after_seconds=settings.requeue_after_seconds,
                 max_preemptions=settings.max_preemptions, resend=lost, resend_all=restarted,
             )
@@ -115,3 +116,59 @@ class ReaperThread(threading.Thread):
                 self.reaper.run_pass()
             except Exception as exc:
                 log.warning("reaper pass failed (%s); trying again next interval", type(exc).__name__)
+            try:  # outputs of long-failed jobs (app/services/retention.py); due at most once per sweep interval
+                retention.run_if_due(self.reaper.settings, self.reaper.holder)
+            except Exception as exc:
+                log.warning("retention sweep failed (%s); trying again next interval", type(exc).__name__)
+
+
+def reap(db: DB, *, lease_seconds: float, requeue_after_seconds: float, max_preemptions: int,
+         resend: Mapping[str, int | None] | None = None, resend_all: bool = False,
+         limit: int = 500) -> list[Wakeup]:
+    """Recover jobs whose worker stopped heartbeating, send wake-ups that are due (new, retried after their
+    backoff), re-send those likely lost — per kind in `resend`, that many of the jobs that have waited over
+    `requeue_after_seconds`, oldest first (None: all of them); every queued job's with `resend_all`, after the
+    broker restarted — and settle pending jobs. Returns the wake-ups to send after commit."""
+    now = utcnow()
+    to_enqueue: list[Wakeup] = []
+    stale = db.execute(
+        select(Job.id, Job.kind, Job.attempt, Job.preemptions, Job.lease_token, Job.lease_owner,
+               Job.cancel_requested_at)
+        .where(Job.status == "running", Job.heartbeat_at < db_now(-lease_seconds))
+        .order_by(Job.heartbeat_at).limit(limit)
+    ).all()
+    for job in stale:
+        lost = {"previous_owner": job.lease_owner, "attempt": job.attempt}
+        guard = {"token": job.lease_token, "lease": lease_seconds}
+        if job.cancel_requested_at is not None:
+            transitions.change(db, job.id, "stale", {"status": "cancelled", "finished_at": now, "lease_owner": None},
+                    [("cancelled", {"reason": "cancel requested; its worker stopped responding", **lost})], now,
+                    **guard)
+        elif transitions.preempt(db, job.id, "stale", now, preemptions=job.preemptions, max_preemptions=max_preemptions,
+                      reason="worker_lost", why="its worker stopped sending heartbeats", details=lost, **guard):
+            to_enqueue.append((job.id, job.kind, True))
+
+    due = db.execute(
+        select(Job.id, Job.kind, Job.preempted, Job.attempt)
+        .where(Job.status == "queued", Job.enqueued_at.is_(None),
+               or_(Job.not_before.is_(None), Job.not_before <= db_now()))
+        .order_by(Job.id).limit(limit)
+    ).all()
+    for unsent in due:
+        if transitions.mark_sent(db, unsent.id, None):
+            to_enqueue.append((unsent.id, unsent.kind, bool(unsent.preempted or unsent.attempt)))
+
+    columns = (Job.id, Job.kind, Job.enqueued_at, Job.preempted, Job.attempt)
+    sent = (Job.status == "queued", Job.enqueued_at.is_not(None))
+    batches = [select(*columns).where(*sent).order_by(Job.enqueued_at).limit(limit)] if resend_all else [
+        select(*columns).where(*sent, Job.kind == kind, Job.enqueued_at < db_now(-requeue_after_seconds))
+        .order_by(Job.enqueued_at).limit(min(limit, count if count is not None else limit))
+        for kind, count in sorted((resend or {}).items())
+    ]
+    for query in batches:
+        for waiting in db.execute(query).all():
+            if transitions.mark_sent(db, waiting.id, waiting.enqueued_at):
+                to_enqueue.append((waiting.id, waiting.kind, bool(waiting.preempted or waiting.attempt)))
+
+    to_enqueue.extend(dependencies.release_pending(db, limit=limit))
+    return to_enqueue

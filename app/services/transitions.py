@@ -13,7 +13,7 @@ stall) hands the job back with `preempted` set, and the next claim resumes witho
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,7 +27,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    exists,
     func,
     insert,
     or_,
@@ -36,7 +35,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobDependency, JobEvent, db_now, utcnow
+from app.models import TERMINAL_STATUSES, Job, JobEvent, db_now, utcnow
+from app.services import webhooks
 from app.settings import get_settings
 
 Event = tuple[str, dict[str, Any]]
@@ -113,7 +113,8 @@ _GUARDS: dict[str, Callable[[], list[ColumnElement[bool]]]] = {
     "ended": lambda: [Job.status.in_(("failed", "cancelled"))],
 }
 _RETURNING = (Job.id, Job.event_seq, Job.attempt, Job.max_attempts, Job.team_id, Job.kind, Job.spec, Job.lease_token,
-              Job.cancel_requested_at, Job.has_dependents, Job.preemptions, Job.stall_seconds, Job.preempted)
+              Job.cancel_requested_at, Job.has_dependents, Job.preemptions, Job.stall_seconds, Job.preempted,
+              Job.webhook_url, Job.pipeline_id, Job.pipeline_step)  # the last three: app/services/webhooks.py
 _INSERT_EVENTS = insert(JobEvent)
 
 
@@ -142,7 +143,7 @@ def _statement_logged(guard: str, keys: tuple[str, ...], computed: tuple[tuple[s
     return select(changed).add_cte(logged)
 
 
-def _change(
+def change(
     db: DB,
     job_id: str,
     guard: str,
@@ -162,13 +163,23 @@ def _change(
     if delay is not None:
         params["x_delay"] = delay
     conn = db.connection() if isinstance(db, Session) else db  # Core, not ORM-enabled: runs for every job step
+    ending = values.get("status") in TERMINAL_STATUSES  # owes a webhook delivery if the job has a webhook_url
     if len(events) == 1 and conn.dialect.name == "postgresql":
         (type_, data), = events
         params.update(e_type=type_, e_data=data, e_created_at=now)
-        return conn.execute(_statement_logged(guard, keys, computed), params).first()
+        statement = _statement_logged(guard, keys, computed)
+        if ending:  # the outbox row in the same statement, which may run in autocommit (app.db.run_statement)
+            statement = webhooks.with_outbox(statement)
+            params.update(webhooks.outbox_params(job_id, values, now))
+        logged = conn.execute(statement, params).first()
+        if logged is not None and ending:
+            webhooks.after_job_end(conn, logged, values, now, outbox_written=True)
+        return logged
     row = conn.execute(_statement(guard, keys, computed), params).first()
     if row is None or not events:
         return row
+    if ending:
+        webhooks.after_job_end(conn, row, values, now)
     first = row.event_seq - len(events) + 1
     conn.execute(
         _INSERT_EVENTS,
@@ -209,7 +220,7 @@ def claim(db: DB, job_id: str, *, owner: str, lease_seconds: float,
         kind = db.execute(select(Job.kind).where(Job.id == job_id)).scalar_one_or_none()
         cap = caps.get(kind) if kind is not None else None
     guard: dict[str, Any] = {} if cap is None else {"cap": cap}
-    row = _change(
+    row = change(
         db,
         job_id,
         "claimable" if cap is None else "claimable_capped",
@@ -230,7 +241,7 @@ def claim(db: DB, job_id: str, *, owner: str, lease_seconds: float,
 def heartbeat(db: DB, job_id: str, token: int) -> bool:
     """Renew the lease. Returns True when a cancel was requested. Raises LeaseLost."""
     now = utcnow()
-    row = _change(db, job_id, "leased", {"heartbeat_at": NOW}, [], now, token=token)
+    row = change(db, job_id, "leased", {"heartbeat_at": NOW}, [], now, token=token)
     if row is None:
         raise LeaseLost(job_id)
     return row.cancel_requested_at is not None
@@ -242,7 +253,7 @@ def fenced_update(
     """A worker's write; it is also a sign of progress. Returns True when a cancel was requested.
     Raises LeaseLost."""
     now = utcnow()
-    row = _change(db, job_id, "leased", {**values, "heartbeat_at": NOW, "progress_at": NOW}, events or [], now,
+    row = change(db, job_id, "leased", {**values, "heartbeat_at": NOW, "progress_at": NOW}, events or [], now,
                   token=token)
     if row is None:
         raise LeaseLost(job_id)
@@ -268,7 +279,7 @@ def finish(
     if error is not None:
         values["error"] = error
     data = {"error": error} if error else {}
-    row = _change(db, job_id, "leased", values, [(status, data)], now, token=token)
+    row = change(db, job_id, "leased", values, [(status, data)], now, token=token)
     if row is None:
         raise LeaseLost(job_id)
     return bool(row.has_dependents)
@@ -295,21 +306,21 @@ def retry_later(db: DB, job_id: str, token: int, error: dict[str, Any], *, delay
     values = {"status": "queued", "lease_owner": None, "enqueued_at": None, "not_before": LATER, "error": error,
               "preempted": False}
     event = ("retrying", {"error": error, "retry_in_seconds": round(delay_seconds, 1)})
-    if _change(db, job_id, "leased", values, [event], now, token=token, delay=delay_seconds) is None:
+    if change(db, job_id, "leased", values, [event], now, token=token, delay=delay_seconds) is None:
         raise LeaseLost(job_id)
     return True
 
 
-def _preempt(db: DB, job_id: str, guard: str, now: datetime, *, preemptions: int, max_preemptions: int,
+def preempt(db: DB, job_id: str, guard: str, now: datetime, *, preemptions: int, max_preemptions: int,
              reason: str, why: str, details: dict[str, Any], **guard_params: Any) -> bool | None:
     """Hand the job back so it resumes without spending an attempt (True), or fail it once its preemptions are
     used up (False). None: the job was not in the `guard` state."""
     if preemptions + 1 > max_preemptions:
         err = _too_many_preemptions(preemptions + 1, why)
-        failed = _change(db, job_id, guard, {"status": "failed", "finished_at": now, "lease_owner": None,
+        failed = change(db, job_id, guard, {"status": "failed", "finished_at": now, "lease_owner": None,
                                              "error": err}, [("failed", {"error": err})], now, **guard_params)
         return None if failed is None else False
-    handed_back = _change(db, job_id, guard, {"status": "queued", "lease_owner": None, "enqueued_at": NOW,
+    handed_back = change(db, job_id, guard, {"status": "queued", "lease_owner": None, "enqueued_at": NOW,
                                               "preempted": True, "preemptions": INCREMENT},
                           [("preempted", {"reason": reason, **details})], now, **guard_params)
     return None if handed_back is None else True
@@ -321,7 +332,7 @@ def hand_back(db: DB, job_id: str, token: int, *, reason: str, max_preemptions: 
     spending an attempt. True: queued again (send a resumed wake-up); False: preemptions used up (failed).
     Raises LeaseLost."""
     preemptions = db.execute(select(Job.preemptions).where(Job.id == job_id)).scalar_one_or_none() or 0
-    requeued = _preempt(db, job_id, "leased", utcnow(), preemptions=preemptions, max_preemptions=max_preemptions,
+    requeued = preempt(db, job_id, "leased", utcnow(), preemptions=preemptions, max_preemptions=max_preemptions,
                         reason=reason, why=reason, details=details or {}, token=token)
     if requeued is None:
         raise LeaseLost(job_id)
@@ -334,7 +345,7 @@ def hand_back(db: DB, job_id: str, token: int, *, reason: str, max_preemptions: 
 def request_cancel(db: DB, job_id: str) -> None:
     """Cancel now if no worker runs it; otherwise ask the worker to stop at its next step."""
     now = utcnow()
-    done = _change(
+    done = change(
         db,
         job_id,
         "waiting",
@@ -343,7 +354,7 @@ def request_cancel(db: DB, job_id: str) -> None:
         now,
     )
     if done is None:
-        _change(
+        change(
             db,
             job_id,
             "running_not_cancelling",
@@ -357,7 +368,7 @@ def resume(db: DB, job_id: str, previous_status: str) -> Any:
     """Queue a failed or cancelled job again as the same run, with a fresh attempt budget; its pipeline
     continues from what it saved (training: the last checkpoint). The row, or None if it is not ended."""
     now = utcnow()
-    return _change(db, job_id, "ended",
+    return change(db, job_id, "ended",
                    {"status": "queued", "finished_at": None, "error": None, "cancel_requested_at": None,
                     "attempt": 0, "preemptions": 0, "preempted": False, "not_before": None, "lease_owner": None,
                     "enqueued_at": NOW},
@@ -368,122 +379,6 @@ def mark_sent(db: DB, job_id: str, expected_enqueued_at: datetime | None) -> boo
     """Note that a wake-up is being sent; False if someone else just did it."""
     now = utcnow()
     if expected_enqueued_at is None:
-        return _change(db, job_id, "queued_due_unsent", {"enqueued_at": NOW}, [], now) is not None
-    return _change(db, job_id, "queued_sent_at", {"enqueued_at": NOW}, [], now,
+        return change(db, job_id, "queued_due_unsent", {"enqueued_at": NOW}, [], now) is not None
+    return change(db, job_id, "queued_sent_at", {"enqueued_at": NOW}, [], now,
                    enqueued_at=expected_enqueued_at) is not None
-
-
-# ---- dependencies ----------------------------------------------------------------------------
-
-
-def add_dependencies(db: DB, job_id: str, depends_on: Iterable[str]) -> None:
-    rows = [{"job_id": job_id, "depends_on_id": d} for d in sorted(set(depends_on))]
-    if rows:
-        conn = db.connection() if isinstance(db, Session) else db
-        conn.execute(insert(JobDependency), rows)
-        conn.execute(update(Job).where(Job.id.in_([r["depends_on_id"] for r in rows])).values(has_dependents=True))
-
-
-_UNFINISHED = ("pending", "queued", "running")
-
-
-def _settle(db: DB, pending_ids: list[str]) -> list[Wakeup]:
-    """Queue each of these pending jobs whose dependencies all succeeded; cancel those with one that did not."""
-    if not pending_ids:
-        return []
-    now = utcnow()
-    deps: dict[str, list[tuple[str, str | None]]] = {j: [] for j in pending_ids}
-    rows = db.execute(
-        select(JobDependency.job_id, JobDependency.depends_on_id, Job.status)
-        .join(Job, Job.id == JobDependency.depends_on_id, isouter=True)
-        .where(JobDependency.job_id.in_(pending_ids))
-    ).all()
-    for row in rows:
-        deps[row.job_id].append((row.depends_on_id, row.status))
-    kinds = dict(db.execute(select(Job.id, Job.kind).where(Job.id.in_(pending_ids))).tuples().all())
-    released: list[Wakeup] = []
-    for job_id, statuses in deps.items():
-        if any(status in _UNFINISHED for _, status in statuses):
-            continue
-        broken = sorted(d for d, status in statuses if status != "succeeded")
-        if broken:
-            _change(db, job_id, "pending", {"status": "cancelled", "finished_at": now},
-                    [("cancelled", {"reason": f"dependency {broken[0]} did not succeed"})], now)
-        elif _change(db, job_id, "pending", {"status": "queued", "enqueued_at": NOW}, [("queued", {})],
-                     now) is not None:
-            released.append((job_id, kinds[job_id], False))
-    return released
-
-
-def release_dependents(db: DB, job_id: str) -> list[Wakeup]:
-    """After `job_id` ended: settle the pending jobs that wait on it (found through the index)."""
-    waiting = db.execute(
-        select(JobDependency.job_id).join(Job, Job.id == JobDependency.job_id)
-        .where(JobDependency.depends_on_id == job_id, Job.status == "pending")
-    ).scalars().all()
-    return _settle(db, list(waiting))
-
-
-def release_pending(db: DB, *, limit: int = 500) -> list[Wakeup]:
-    """The reaper's sweep: pending jobs none of whose dependencies is unfinished. Jobs still waiting are
-    excluded by the query itself, so a ready job is never starved behind many waiting ones."""
-    dep = JobDependency.__table__.alias("dep")
-    parent = Job.__table__.alias("parent")
-    blocked = exists(select(dep.c.job_id).join(parent, parent.c.id == dep.c.depends_on_id)
-                     .where(dep.c.job_id == Job.id, parent.c.status.in_(_UNFINISHED)))
-    ready = db.execute(select(Job.id).where(Job.status == "pending", ~blocked).order_by(Job.id).limit(limit))
-    return _settle(db, list(ready.scalars().all()))
-
-
-# ---- the reaper ------------------------------------------------------------------------------
-
-def reap(db: DB, *, lease_seconds: float, requeue_after_seconds: float, max_preemptions: int,
-         resend: Mapping[str, int | None] | None = None, resend_all: bool = False,
-         limit: int = 500) -> list[Wakeup]:
-    """Recover jobs whose worker stopped heartbeating, send wake-ups that are due (new, retried after their
-    backoff), re-send those likely lost — per kind in `resend`, that many of the jobs that have waited over
-    `requeue_after_seconds`, oldest first (None: all of them); every queued job's with `resend_all`, after the
-    broker restarted — and settle pending jobs. Returns the wake-ups to send after commit."""
-    now = utcnow()
-    to_enqueue: list[Wakeup] = []
-    stale = db.execute(
-        select(Job.id, Job.kind, Job.attempt, Job.preemptions, Job.lease_token, Job.lease_owner,
-               Job.cancel_requested_at)
-        .where(Job.status == "running", Job.heartbeat_at < db_now(-lease_seconds))
-        .order_by(Job.heartbeat_at).limit(limit)
-    ).all()
-    for job in stale:
-        lost = {"previous_owner": job.lease_owner, "attempt": job.attempt}
-        guard = {"token": job.lease_token, "lease": lease_seconds}
-        if job.cancel_requested_at is not None:
-            _change(db, job.id, "stale", {"status": "cancelled", "finished_at": now, "lease_owner": None},
-                    [("cancelled", {"reason": "cancel requested; its worker stopped responding", **lost})], now,
-                    **guard)
-        elif _preempt(db, job.id, "stale", now, preemptions=job.preemptions, max_preemptions=max_preemptions,
-                      reason="worker_lost", why="its worker stopped sending heartbeats", details=lost, **guard):
-            to_enqueue.append((job.id, job.kind, True))
-
-    due = db.execute(
-        select(Job.id, Job.kind, Job.preempted, Job.attempt)
-        .where(Job.status == "queued", Job.enqueued_at.is_(None),
-               or_(Job.not_before.is_(None), Job.not_before <= db_now()))
-        .order_by(Job.id).limit(limit)
-    ).all()
-    for unsent in due:
-        if mark_sent(db, unsent.id, None):
-            to_enqueue.append((unsent.id, unsent.kind, bool(unsent.preempted or unsent.attempt)))
-
-    columns = (Job.id, Job.kind, Job.enqueued_at, Job.preempted, Job.attempt)
-    sent = (Job.status == "queued", Job.enqueued_at.is_not(None))
-    batches = [select(*columns).where(*sent).order_by(Job.enqueued_at).limit(limit)] if resend_all else [
-        select(*columns).where(*sent, Job.kind == kind, Job.enqueued_at < db_now(-requeue_after_seconds))
-        .order_by(Job.enqueued_at).limit(min(limit, count if count is not None else limit))
-        for kind, count in sorted((resend or {}).items())
-    ]
-    for query in batches:
-        for waiting in db.execute(query).all():
-            if mark_sent(db, waiting.id, waiting.enqueued_at):
-                to_enqueue.append((waiting.id, waiting.kind, bool(waiting.preempted or waiting.attempt)))
-
-    to_enqueue.extend(release_pending(db, limit=limit))
-    return to_enqueue

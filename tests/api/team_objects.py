@@ -16,9 +16,11 @@ class TeamObjects:
     jobs: dict[str, str] = field(default_factory=dict)  # name -> job id (every one ended)
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> artifact id
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> checkpoint row
+    pipelines: dict[str, str] = field(default_factory=dict)  # name -> pipeline id
 
     def ids(self) -> list[str]:
-        return [*self.jobs.values(), *self.artifacts.values(), *(c["id"] for c in self.checkpoints.values())]
+        return [*self.jobs.values(), *self.artifacts.values(), *(c["id"] for c in self.checkpoints.values()),
+                *self.pipelines.values()]
 
     def tinker_paths(self) -> list[str]:
         return [c["uri"] for c in self.checkpoints.values() if c.get("uri")]
@@ -61,6 +63,9 @@ def make_team_objects(client: httpx.Client, *, training: bool = True) -> TeamObj
     failed = _submit(client, {"kind": "test", "spec": {"steps": 1, "fail_with": "planned"}, "max_attempts": 1})
     assert failed["status"] == "failed", failed
     out.jobs["test_failed"] = failed["id"]
+    pipeline = _ok(client.post("/v1/pipelines", json={"steps": {"only": {"kind": "test", "spec": {"steps": 1}}}}))
+    out.pipelines["one_step"] = pipeline["id"]
+    _finished(client, pipeline["steps"][0]["job_id"])
     rows = b"".join(orjson.dumps({"messages": [
         {"role": "user", "content": f"What is {i} plus {i}?"},
         {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},

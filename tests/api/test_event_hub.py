@@ -164,27 +164,33 @@ def test_no_event_lost_or_repeated_across_the_replay_boundary(backend: dict[str,
             assert w.seqs == list(range(start + 1, last + 1)), (start, w.seqs[:5], w.seqs[-5:])
 
 
+def stream_and_wait(api: Any, key: str, job_id: str) -> tuple[Watcher, threading.Thread, dict[str, Any]]:
+    """An open event stream and a long-poll wait on the job, both subscribed: (stream, wait thread, its answer)."""
+    w = Watcher(api, key, job_id)
+    w.start()
+    answer: dict[str, Any] = {}
+
+    def wait() -> None:
+        r = httpx.get(f"{api.base_url}/v1/jobs/{job_id}/wait", params={"timeout": 120},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=150)
+        answer.update(status=r.status_code, body=r.json())
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    wait_until(lambda: w.seqs and api.hub.watchers() == 2, 20, "the stream and the wait to subscribe")
+    return w, waiter, answer
+
+
 def test_a_terminal_event_ends_the_stream_and_wakes_wait(backend: dict[str, str]) -> None:
     with local_api() as api:
         team_id, _, key = new_key()
         job_id, token = running_job(team_id)
-        w = Watcher(api, key, job_id)
-        w.start()
-        answer: dict[str, Any] = {}
-
-        def wait() -> None:
-            r = httpx.get(f"{api.base_url}/v1/jobs/{job_id}/wait", params={"timeout": 120},
-                          headers={"Authorization": f"Bearer {key}"}, timeout=150)
-            answer.update(status=r.status_code, job=r.json())
-
-        waiter = threading.Thread(target=wait, daemon=True)
-        waiter.start()
-        wait_until(lambda: w.seqs and api.hub.watchers() == 2, 20, "the stream and the wait to subscribe")
+        w, waiter, answer = stream_and_wait(api, key, job_id)
         finish(job_id, token)
         w.join(30)
         waiter.join(30)  # far less than the wait's own 120 s: it answered because the job ended
         assert w.ended and w.types == ["running", "succeeded"]
-        assert answer["status"] == 200 and answer["job"]["status"] == "succeeded"
+        assert answer["status"] == 200 and answer["body"]["status"] == "succeeded"
         # A stream resumed after the terminal event ends at once; a wait on an ended job answers at once.
         again = Watcher(api, key, job_id, last_event_id=2)
         again.run()
@@ -231,18 +237,7 @@ def test_revoking_a_key_ends_its_stream_and_its_wait(backend: dict[str, str]) ->
     with local_api() as api:
         team_id, key_id, key = new_key()
         job_id, _ = running_job(team_id)
-        w = Watcher(api, key, job_id)
-        w.start()
-        answer: dict[str, Any] = {}
-
-        def wait() -> None:
-            r = httpx.get(f"{api.base_url}/v1/jobs/{job_id}/wait", params={"timeout": 120},
-                          headers={"Authorization": f"Bearer {key}"}, timeout=150)
-            answer.update(status=r.status_code, body=r.json())
-
-        waiter = threading.Thread(target=wait, daemon=True)
-        waiter.start()
-        wait_until(lambda: w.seqs and api.hub.watchers() == 2, 20, "the stream and the wait to subscribe")
+        w, waiter, answer = stream_and_wait(api, key, job_id)
         with session_scope() as session:
             auth_service.revoke_key(session, key_id=key_id)
         w.join(2 * window + 5)

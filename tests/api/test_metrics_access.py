@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import Stack, free_port
+from tests.support import Stack, start_api_only
 
 TOKEN = "metrics-token-for-tests-0123456789"
 
 
-def _api(backend: dict[str, str], logs: Path, **settings: str) -> Stack:
-    env = {**os.environ, **backend, "TUNEQ_RUN_REAPER": "0", **settings}
-    stack = Stack(env=env, base_url=f"http://127.0.0.1:{free_port()}", logs=logs)
-    stack.start_api()
-    return stack
-
-
 @pytest.fixture
 def api_with_token(backend: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
-    stack = _api(backend, tmp_path, TUNEQ_METRICS_TOKEN=TOKEN)
+    stack = start_api_only(backend, tmp_path, TUNEQ_METRICS_TOKEN=TOKEN)
     yield stack
     stack.stop()
 

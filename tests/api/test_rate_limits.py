@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Stack, free_port
+from tests.support import Stack, free_port, start_api_only
 
 FLOODER = """
 import sys, threading, time, uuid, httpx
@@ -39,17 +39,10 @@ print(statuses)
 """
 
 
-def _api(backend: dict[str, str], logs: Path, **settings: str) -> Stack:
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **backend, "TUNEQ_RUN_REAPER": "0", **settings}
-    stack = Stack(env=env, base_url=f"http://127.0.0.1:{free_port()}", logs=logs)
-    stack.start_api()
-    return stack
-
-
 @pytest.fixture
 def limited_api(backend: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
-    stack = _api(backend, tmp_path, TUNEQ_RATE_LIMIT="5/minute", TUNEQ_KEY_LOOKUP_RATE_LIMIT="10/second;50/minute")
+    stack = start_api_only(backend, tmp_path, TUNEQ_RATE_LIMIT="5/minute",
+                           TUNEQ_KEY_LOOKUP_RATE_LIMIT="10/second;50/minute")
     yield stack
     stack.stop()
 
@@ -87,7 +80,7 @@ def test_a_key_over_its_limit_gets_429_with_retry_after(limited_api: Stack) -> N
 
 
 def test_limits_are_shared_by_api_processes(backend: dict[str, str], limited_api: Stack, tmp_path: Path) -> None:
-    second = _api(backend, tmp_path / "second", TUNEQ_RATE_LIMIT="5/minute")
+    second = start_api_only(backend, tmp_path / "second", TUNEQ_RATE_LIMIT="5/minute")
     try:
         key, job_id = _key()
         headers = {"Authorization": f"Bearer {key}"}
@@ -99,7 +92,7 @@ def test_limits_are_shared_by_api_processes(backend: dict[str, str], limited_api
 
 
 def test_limits_fail_open_when_redis_is_away(backend: dict[str, str], tmp_path: Path) -> None:
-    api = _api(backend, tmp_path, TUNEQ_RATE_LIMIT="1/minute",
+    api = start_api_only(backend, tmp_path, TUNEQ_RATE_LIMIT="1/minute",
                TUNEQ_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     try:
         key, job_id = _key()

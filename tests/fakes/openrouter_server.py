@@ -10,6 +10,9 @@ latency and faults, decided by a seeded RNG per (item, attempt) so runs are repr
 
 Item identity: the ``X-Tuneq-Item`` request header when present, else a hash of the request's messages.
 The attempt number of a request is how many calls its item had received before it (0-based).
+Counters: ``calls`` per item, ``outcomes``, ``requests`` (a log with each request's arrival time ``t``),
+``in_flight``/``max_in_flight``, ``connections`` (chat requests per client connection, by its address and port)
+and ``models_calls``.
 
 Switches (constructor keywords and ``configure(**kw)`` at runtime; thread-safe):
   latency, latency_jitter   seconds before answering (jitter: +/- uniform, seeded)
@@ -23,6 +26,11 @@ Switches (constructor keywords and ``configure(**kw)`` at runtime; thread-safe):
   known_models              when set, other model ids get OpenRouter's 400 "is not a valid model ID"
   response_model            the model reported in responses (default: echo the requested model)
   cost_per_call             usage.cost in USD on every success
+  report_cost               False: replies carry token counts but no usage.cost (any OpenAI-compatible endpoint
+                            but OpenRouter)
+  models                    {model id: {"prompt": USD per token, "completion": USD per token}}: served by
+                            ``GET /api/v1/models`` in OpenRouter's format (pricing as strings); None: a 404
+  forbidden_moderation      a 403 carries moderation metadata (True) or is a key refusal without it (False)
   content                   callable (messages, item_key, attempt) -> str; default: a JSON dialogue
   seed                      seed of the fault RNG
 """
@@ -43,25 +51,22 @@ from typing import Any
 import orjson
 import uvicorn
 
+from tests.fakes.openrouter_wire import (
+    STATUS_MESSAGES,
+    default_content,
+    err_body,
+    num_text,
+    price_text,
+    send_response,
+    tokens,
+)
+
 ContentFn = Callable[[list[dict[str, Any]], str, int], str]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 ITEM_HEADER = "x-tuneq-item"
 FAIL_KINDS_ORDER = ("429", "500", "502", "503", "error_body", "malformed", "stall")
-
-_STATUS_MESSAGES = {
-    400: "Bad request",
-    401: "No auth credentials found",
-    402: "Insufficient credits. Add more using https://openrouter.ai/credits",
-    403: "Your chosen model requires moderation and your input was flagged",
-    404: "No endpoints found for this model.",
-    408: "Request timed out",
-    429: "Rate limit exceeded: too many requests",
-    500: "Internal Server Error",
-    502: "Provider returned error",
-    503: "Service unavailable: no available model provider",
-}
 
 _DEFAULTS: dict[str, Any] = {
     "latency": 0.0,
@@ -77,32 +82,12 @@ _DEFAULTS: dict[str, Any] = {
     "known_models": None,
     "response_model": None,
     "cost_per_call": 0.0,
+    "report_cost": True,
+    "models": None,
+    "forbidden_moderation": True,
     "content": None,
     "seed": 0,
 }
-
-
-def default_content(messages: list[dict[str, Any]], item_key: str, attempt: int) -> str:
-    """A JSON dialogue derived from the last user message, distinct per item (so dedupe keeps them apart)."""
-    prompt = ""
-    for m in reversed(messages):
-        if m.get("role") == "user" and isinstance(m.get("content"), str):
-            prompt = m["content"]
-            break
-    topic = " ".join(prompt.split())[:120] or "something"
-    tag = hashlib.sha1(item_key.encode()).hexdigest()[:8]
-    dialogue = {
-        "messages": [
-            {"role": "user", "content": f"Can you explain {topic}? (question {tag})"},
-            {"role": "assistant", "content": f"Sure. Here is a short explanation of {topic}, "
-                                             f"written for item {item_key} (answer {tag})."},
-        ]
-    }
-    return orjson.dumps(dialogue).decode()
-
-
-def _tokens(text: str) -> int:
-    return max(1, len(text) // 4)
 
 
 class FakeOpenRouter:
@@ -120,6 +105,8 @@ class FakeOpenRouter:
         self.requests: deque[dict[str, Any]] = deque(maxlen=max_logged_requests)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections: Counter[tuple[str, int]] = Counter()
+        self.models_calls = 0
         self._thread: threading.Thread | None = None
         self._server: uvicorn.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -144,6 +131,8 @@ class FakeOpenRouter:
             self.requests.clear()
             self.total_calls = 0
             self.max_in_flight = self.in_flight
+            self.connections.clear()
+            self.models_calls = 0
             if switches:
                 self._cfg = dict(self._initial)
 
@@ -252,13 +241,18 @@ class FakeOpenRouter:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
+        if scope["method"] == "GET" and scope["path"].rstrip("/") == "/api/v1/models":
+            await self._models(send)
+            return
         if scope["method"] != "POST" or scope["path"].rstrip("/") != "/api/v1/chat/completions":
-            await _send(send, 404, _err_body(404, f"No route for {scope['method']} {scope['path']}"))
+            await send_response(send, 404, err_body(404, f"No route for {scope['method']} {scope['path']}"))
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        client = scope.get("client") or ("?", 0)
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.connections[(str(client[0]), int(client[1]))] += 1
         try:
             await self._chat(headers, body, receive, send)
         finally:
@@ -300,8 +294,8 @@ class FakeOpenRouter:
             assert messages is not None
             content_fn: ContentFn = cfg["content"] or default_content
             content = content_fn(messages, item, attempt)
-            prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
-            completion_tokens = _tokens(content)
+            prompt_tokens = sum(tokens(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
+            completion_tokens = tokens(content)
             resp = {
                 "id": f"gen-{item}-{attempt}",
                 "object": "chat.completion",
@@ -311,31 +305,46 @@ class FakeOpenRouter:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": "stop", "native_finish_reason": "stop"}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens,
-                          "cost": float(cfg["cost_per_call"])},
+                          "total_tokens": prompt_tokens + completion_tokens},
             }
-            await _send(send, 200, orjson.dumps(resp))
+            if cfg["report_cost"]:
+                resp["usage"]["cost"] = float(cfg["cost_per_call"])
+            await send_response(send, 200, orjson.dumps(resp))
         elif kind == "error_body":
-            await _send(send, 200, orjson.dumps({"error": {"code": 502, "message": "upstream error"}}))
+            await send_response(send, 200, orjson.dumps({"error": {"code": 502, "message": "upstream error"}}))
         elif kind == "malformed":
-            await _send(send, 200, b"<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+            await send_response(send, 200, b"<html><body>502 Bad Gateway</body></html>", content_type="text/html")
         elif kind == "stall":
             await self._stall(cfg["stall_seconds"], receive)
-            await _send(send, 200, b"{}")  # too late for any client with a sane timeout
+            await send_response(send, 200, b"{}")  # too late for any client with a sane timeout
         elif kind == "bad_model":
-            await _send(send, 400, _err_body(400, f"{model} is not a valid model ID"))
+            await send_response(send, 400, err_body(400, f"{model} is not a valid model ID"))
         elif kind == "bad_request":
-            await _send(send, 400, _err_body(400, "Invalid request body: expected 'model' and 'messages'"))
+            await send_response(send, 400, err_body(400, "Invalid request body: expected 'model' and 'messages'"))
         else:  # an HTTP status
             status = int(kind)
             extra: list[tuple[bytes, bytes]] = []
             if status == 429 and cfg["retry_after"] is not None:
-                extra.append((b"retry-after", _num(cfg["retry_after"]).encode()))
+                extra.append((b"retry-after", num_text(cfg["retry_after"]).encode()))
             message = (cfg["override_message"] if cfg["status_override"] is not None else None) \
-                or _STATUS_MESSAGES.get(status, "Error")
+                or STATUS_MESSAGES.get(status, "Error")
             meta = {"reasons": ["harassment"], "flagged_input": "...", "provider_name": "FakeProvider",
-                    "model_slug": model} if status == 403 else None
-            await _send(send, status, _err_body(status, message, meta), extra)
+                    "model_slug": model} if status == 403 and cfg["forbidden_moderation"] else None
+            if status == 403 and not cfg["forbidden_moderation"] and cfg["override_message"] is None:
+                message = "This API key is not permitted to use this model"
+            await send_response(send, status, err_body(status, message, meta), extra)
+
+    async def _models(self, send: Send) -> None:
+        with self._lock:
+            self.models_calls += 1
+            models = self._cfg["models"]
+        if models is None:
+            await send_response(send, 404, err_body(404, "No route for GET /api/v1/models"))
+            return
+        data = [{"id": model, "canonical_slug": model, "name": model, "context_length": 131072,
+                 "pricing": {"prompt": price_text(p["prompt"]), "completion": price_text(p["completion"]), "request": "0",
+                             "image": "0"}} for model, p in models.items()]
+        await send_response(send, 200, orjson.dumps({"data": data}))
 
     def _decide(self, cfg: dict[str, Any], rng: random.Random, attempt: int, headers: dict[str, str],
                 model: str, messages: Any) -> str:
@@ -367,28 +376,6 @@ class FakeOpenRouter:
         finally:
             for w in waits:
                 w.cancel()
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
-def _err_body(status: int, message: str, metadata: dict[str, Any] | None = None) -> bytes:
-    err: dict[str, Any] = {"code": status, "message": message}
-    if metadata:
-        err["metadata"] = metadata
-    return orjson.dumps({"error": err})
-
-
-async def _send(send: Send, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]] | None = None,
-                content_type: str = "application/json") -> None:
-    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
-               *(extra_headers or [])]
-    try:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-    except OSError:  # the client went away
-        pass
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def jsonl(rows: list[Any]) -> bytes:
 def run_dataset(client: httpx.Client, spec: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
     r = client.post("/v1/jobs", json={"kind": "dataset", "spec": spec})
     assert r.status_code == 201, r.text
-    return client.get(f"/v1/jobs/{r.json()['id']}/wait", params={"timeout": timeout}).json()
+    return client.get(f"/v1/jobs/{r.json()['id']}/wait", params={"timeout": timeout}, timeout=timeout + 15).json()
 
 
 def artifact_rows(client: httpx.Client, artifact_id: str) -> list[dict[str, Any]]:
@@ -102,7 +102,8 @@ def test_hub_shaped_directory_parquet_and_jsonl(stack: Stack, client: httpx.Clie
     train = [{"conversations": [{"from": "human", "value": f"hello {i}"}, {"from": "gpt", "value": f"hi {i}"}]}
              for i in range(30)]
     pq.write_table(pa.Table.from_pylist(train), root / "data" / "train-00000-of-00001.parquet")
-    (root / "data" / "validation.jsonl").write_bytes(jsonl(train[:5]))
+    # Split names follow `datasets`' rules: next to sharded train files, validation is sharded too.
+    (root / "data" / "validation-00000-of-00001.jsonl").write_bytes(jsonl(train[:5]))
 
     job = run_dataset(client, {"source": {"type": "local", "path": "org__chat", "split": "train"}})
     assert job["status"] == "succeeded", job["error"]
@@ -218,3 +219,62 @@ def test_preview_and_render_show_what_will_be_trained(client: httpx.Client) -> N
     assert "".join(p for p, w in zip(last["pieces"], last["weights"], strict=True) if w) == (
         "<think>\n\n</think>\n\nIt is 2.<|im_end|>")
     assert client.post(f"/v1/artifacts/{art}/render", params={"row": 99}).status_code == 404
+
+
+def test_three_sources_mixed_by_weight_with_provenance(stack: Stack, client: httpx.Client) -> None:
+    """An uploaded ChatML file, an Alpaca CSV upload and a local ShareGPT Parquet directory, mixed 2:1:1 into one
+    ChatML split; its provenance side file names each row's source and original row."""
+    chats = upload(client, "chats.jsonl", jsonl([{"messages": conv(i)} for i in range(40)]))
+    csv = "instruction,input,output\n" + "".join(f"Explain step {i},,Step {i} is next.\n" for i in range(30))
+    alpaca = upload(client, "alpaca.csv", csv.encode())
+    root = Path(stack.env["TUNEQ_LOCAL_DATASETS_DIR"]) / "org__mix"
+    (root / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([
+        {"conversations": [{"from": "human", "value": f"hello {i}"}, {"from": "gpt", "value": f"hi {i}"}]}
+        for i in range(30)]), root / "data" / "train-00000-of-00001.parquet")
+    job = run_dataset(client, {"sources": [
+        {"type": "artifact", "artifact_id": chats["id"], "alias": "chats", "weight": 2},
+        {"type": "artifact", "artifact_id": alpaca["id"], "alias": "alpaca", "shape": "alpaca", "weight": 1},
+        {"type": "local", "path": "org__mix", "alias": "parquet", "weight": 1, "max_examples": 20},
+    ], "seed": 3})
+    assert job["status"] == "succeeded", job["error"]
+    result = job["result"]
+    by_source = {s["name"]: s for s in result["sources"]}
+    assert set(by_source) == {"chats", "alpaca", "parquet"}
+    # The scarcest share decides the size: the local source gives at most 20 rows, a quarter of the output.
+    assert by_source["parquet"]["rows_out"] == 20 and by_source["chats"]["rows_out"] == 40
+    assert by_source["alpaca"]["rows_out"] == 20 and result["rows_out"] == 80
+
+    rows = artifact_rows(client, result["train_artifact"])
+    provenance_id = result["splits"]["train"]["provenance_artifact"]
+    meta = client.get(f"/v1/artifacts/{provenance_id}").json()
+    assert meta["kind"] == "provenance"
+    lines = [orjson.loads(x) for x in client.get(f"/v1/artifacts/{provenance_id}/content").text.splitlines()]
+    assert len(lines) == len(rows) == 80
+    for row, origin in zip(rows, lines, strict=True):
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        text = row["messages"][0]["content"]
+        if origin["source"] == "chats":
+            assert text == conv(origin["row"] - 1)[0]["content"]
+        elif origin["source"] == "alpaca":
+            assert text == f"Explain step {origin['row'] - 2}"  # a CSV's row is its line; line 1 is the header
+        else:
+            assert text == f"hello {origin['row'] - 1}"
+
+
+def test_sources_spec_errors_name_the_field(stack: Stack, client: httpx.Client) -> None:
+    ok = upload(client, "ok.jsonl", jsonl([{"messages": conv(1)}]))["id"]
+
+    def refused(spec: dict[str, Any]) -> str:
+        r = client.post("/v1/jobs", json={"kind": "dataset", "spec": spec})
+        assert r.status_code == 422, r.text
+        return r.text
+
+    assert "spec.sources[1].artifact_id: no artifact art_missing" in refused({"sources": [
+        {"type": "artifact", "artifact_id": ok}, {"type": "artifact", "artifact_id": "art_missing"}]})
+    assert "spec.sources[1].path" in refused({"sources": [
+        {"type": "artifact", "artifact_id": ok}, {"type": "local", "path": "no_such_dir"}]})
+    assert "source" in refused({"source": {"type": "artifact", "artifact_id": ok},
+                                "sources": [{"type": "artifact", "artifact_id": ok}]})
+    assert "weight" in refused({"sources": [{"type": "artifact", "artifact_id": ok, "weight": 0}]})
+    assert "sources" in refused({"sources": [{"type": "artifact", "artifact_id": ok}] * 17})

@@ -118,22 +118,31 @@ def test_budget_stops_within_one_concurrency_window(fake: FakeOpenRouter, client
     assert "budget_reached" in types
 
 
-@pytest.mark.parametrize(("status", "code", "advice"), [(401, "invalid_api_key", "OPENROUTER_API_KEY"),
-                                                      (402, "insufficient_credits", "credits")])
-def test_auth_and_credit_errors_fail_fast_and_never_leak_the_key(
+@pytest.mark.parametrize(("status", "code", "advice"), [
+    (401, "invalid_api_key", "The server's OpenRouter key was refused (401): ask an operator to check "
+                             "OPENROUTER_API_KEY"),
+    (402, "insufficient_credits", "ask an operator to add credits"),
+    (403, "key_forbidden", "ask an operator to check the key's permissions"),
+])
+def test_the_servers_key_refused_fails_fast_for_an_operator_and_never_leaks_the_key(
     stack: Stack, fake: FakeOpenRouter, client: httpx.Client, status: int, code: str, advice: str
 ) -> None:
-    fake.configure(status_override=status)
-    start = time.monotonic()
+    fake.configure(status_override=status, forbidden_moderation=False)
     job = wait(client, submit(client, count=50, prompt="Item {{ index }}", output="completion")["id"])
-    elapsed = time.monotonic() - start
     assert job["status"] == "failed" and job["error"]["code"] == code and advice in job["error"]["message"]
-    assert elapsed < 3  # the job fails within ~2 s of starting (this includes queueing and claiming)
-    assert sum(calls_for(fake, job["id"]).values()) <= 16  # stopped at once, no retries
+    assert job["error"]["user_error"] is False  # the server's key: not the teammate's to fix
+    assert sum(calls_for(fake, job["id"]).values()) <= 16  # stopped at once (the calls in flight), no retries
     events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).text
     bodies = [events, orjson.dumps(job).decode()] + [p.read_text(errors="replace") for p in stack.logs.iterdir()]
     assert all(OPENROUTER_TEST_KEY not in text for text in bodies)
     assert any(r.get("headers", {}).get("authorization") == f"Bearer {OPENROUTER_TEST_KEY}" for r in fake.requests)
+
+
+def test_moderation_is_the_users_to_fix(fake: FakeOpenRouter, client: httpx.Client) -> None:
+    fake.configure(status_override=403)
+    job = wait(client, submit(client, count=5, prompt="Item {{ index }}", output="completion")["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "forbidden", job
+    assert job["error"]["user_error"] is True and "Change the prompt or the model" in job["error"]["message"]
 
 
 def test_cancel_stops_new_calls_at_once(fake: FakeOpenRouter, client: httpx.Client) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from app.db import run_statement, session_scope
 from app.models import Job, JobEvent, utcnow
-from app.services import auth, transitions
+from app.services import auth, dependencies, reaper, transitions
 from app.services.transitions import LeaseLost
 
 
@@ -86,7 +86,7 @@ def test_terminal_state_is_recorded_once(job_id: str) -> None:
 
 def _reap(**options: Any) -> list[tuple[str, str, bool]]:
     with session_scope() as session:
-        return transitions.reap(session, **{"lease_seconds": 3, "requeue_after_seconds": 60,
+        return reaper.reap(session, **{"lease_seconds": 3, "requeue_after_seconds": 60,
                                             "max_preemptions": 2, **options})
 
 
@@ -135,7 +135,7 @@ def test_a_heartbeat_that_lands_after_the_reaper_read_the_job_keeps_it(job_id: s
             return type("Rows", (), {"all": lambda _self: rows})()
 
     with session_scope() as session:
-        wakeups = transitions.reap(HeartbeatAfterFirstRead(session.connection()), lease_seconds=3,  # type: ignore[arg-type]
+        wakeups = reaper.reap(HeartbeatAfterFirstRead(session.connection()), lease_seconds=3,  # type: ignore[arg-type]
                                    requeue_after_seconds=60, max_preemptions=5)
     assert (job_id, "test", True) not in wakeups
     with session_scope() as session:
@@ -196,7 +196,7 @@ def test_a_ready_pending_job_is_released_even_behind_600_waiting_ones(reaper_pau
         session.add(ready)
         session.flush()
         for job in [*waiting, ready]:
-            transitions.add_dependencies(session, job.id, job.depends_on)
+            dependencies.add_dependencies(session, job.id, job.depends_on)
         ready_id = ready.id
     released = _reap()
     assert (ready_id, "test", False) in released

@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.db import get_engine, session_scope
 from app.models import Job, JobEvent, utcnow
-from app.services import auth, transitions
+from app.services import auth, reaper
 from app.settings import get_settings
 from tests.conftest import OPENROUTER_TEST_KEY
 from workers.tasks import drive
@@ -129,7 +129,7 @@ def test_a_database_that_stays_away_leaves_the_job_to_its_lease_then_it_resumes(
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
     with session_scope() as session:
-        wakeups = transitions.reap(session, lease_seconds=3, requeue_after_seconds=60, max_preemptions=5)
+        wakeups = reaper.reap(session, lease_seconds=3, requeue_after_seconds=60, max_preemptions=5)
     assert (job_id, "test", True) in wakeups
     drive(job_id)
     job, events = _job(job_id)

@@ -1,12 +1,10 @@
-"""OpenRouter client, rate limiter and the loopback fake server they are tested against."""
+"""The OpenRouter client: replies, retries, failures and what they mean, against the loopback fake server."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import pickle
-import statistics
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,13 +17,8 @@ import pytest
 
 from tests.fakes.openrouter_server import FakeOpenRouter
 from tests.support import free_port
-from workers.clients.openrouter import (
-    ChatResult,
-    OpenRouterClient,
-    OpenRouterError,
-    RateLimiter,
-    _retry_after,
-)
+from workers.clients.openrouter import ChatResult, OpenRouterClient, OpenRouterError
+from workers.clients.openrouter_errors import retry_after as _retry_after
 
 API_KEY = "sk-or-v1-SECRET-0123456789abcdef"
 MODEL = "openai/gpt-4o-mini"
@@ -211,8 +204,8 @@ def test_connection_refused_is_retried_then_reported() -> None:
 
 
 @pytest.mark.parametrize(("status", "code", "hint"), [
-    (401, "invalid_api_key", "OPENROUTER_API_KEY"),
-    (402, "insufficient_credits", "Add credits"),
+    (401, "invalid_api_key", "ask an operator to check OPENROUTER_API_KEY"),
+    (402, "insufficient_credits", "ask an operator to add credits"),
 ])
 def test_auth_and_credit_errors_are_fatal_at_once(fake_openrouter: FakeOpenRouter, status: int, code: str,
                                                   hint: str) -> None:
@@ -231,7 +224,8 @@ def test_auth_and_credit_errors_are_fatal_at_once(fake_openrouter: FakeOpenRoute
     assert time.monotonic() - t0 < 2
     assert err.code == code and err.fatal and not err.retryable and err.status == status
     assert err.calls == 1 and fake_openrouter.total_calls == 1
-    assert hint in err.message and f"({status})" in err.message
+    assert hint in err.message and f"({status}" in err.message and "server's OpenRouter" in err.message
+    assert err.operator  # the server's key or account: an operator's to fix, not the user's
     assert_no_key(err, orc_ref[0], orc_ref[0].limiter)
     assert pickle.loads(pickle.dumps(err)).__dict__ == err.__dict__
 
@@ -247,8 +241,17 @@ def test_moderation_403_is_fatal_with_reason(fake_openrouter: FakeOpenRouter) ->
     fake_openrouter.configure(status_override=403, override_message="Your input was flagged " + "x" * 1000)
 
     err = chat_error(make(fake_openrouter), model=MODEL)
-    assert err.code == "forbidden" and err.fatal and err.calls == 1
+    assert err.code == "forbidden" and err.fatal and err.calls == 1 and not err.operator
     assert "flagged" in err.message and len(err.message) < 500
+
+
+def test_403_without_moderation_is_the_servers_key(fake_openrouter: FakeOpenRouter) -> None:
+    fake_openrouter.configure(status_override=403, forbidden_moderation=False)
+
+    err = chat_error(make(fake_openrouter), model=MODEL)
+    assert err.code == "key_forbidden" and err.fatal and err.operator and err.calls == 1
+    assert "ask an operator" in err.message and "not permitted" in err.message and MODEL in err.message
+    assert_no_key(err)
 
 
 def test_unknown_model_is_fatal_bad_request(fake_openrouter: FakeOpenRouter) -> None:
@@ -336,7 +339,30 @@ def test_malformed_shapes_without_choices_are_retried() -> None:
             return await orc.chat(MSGS, model=MODEL)
 
     res = asyncio.run(go())
-    assert res.calls == len(bodies) + 1 and res.content == "" and res.cost_usd == 0.0 and res.prompt_tokens == 0
+    assert res.calls == len(bodies) + 1 and res.content == "" and res.cost_usd is None and res.prompt_tokens == 0
+
+
+def test_a_reply_without_usage_cost_has_no_cost_but_its_tokens(fake_openrouter: FakeOpenRouter) -> None:
+    fake_openrouter.configure(report_cost=False, cost_per_call=0.5)
+
+    async def go() -> ChatResult:
+        async with make(fake_openrouter) as orc:
+            return await orc.chat(MSGS, model=MODEL)
+
+    res = asyncio.run(go())
+    assert res.cost_usd is None and res.prompt_tokens > 0 and res.completion_tokens > 0
+    assert "cost" not in orjson.dumps(fake_openrouter.requests[0]).decode()  # nothing priced on the wire
+
+
+def test_list_models(fake_openrouter: FakeOpenRouter) -> None:
+    fake_openrouter.configure(models={MODEL: {"prompt": 6e-7, "completion": 2.5e-6}})
+
+    async def go() -> list[dict[str, Any]]:
+        async with make(fake_openrouter) as orc:
+            return await orc.list_models()
+
+    [row] = asyncio.run(go())
+    assert row["id"] == MODEL and row["pricing"]["prompt"] == "0.0000006" and fake_openrouter.models_calls == 1
 
 
 def test_cancellation_aborts_promptly(fake_openrouter: FakeOpenRouter) -> None:
@@ -353,108 +379,3 @@ def test_cancellation_aborts_promptly(fake_openrouter: FakeOpenRouter) -> None:
             return time.monotonic() - t0
 
     assert asyncio.run(go()) < 0.2
-
-
-# ---------------------------------------------------------------------- pacing and throughput
-
-
-def test_rate_limiter_holds_50_rps_with_32_callers() -> None:
-    async def go() -> tuple[int, float]:
-        limiter = RateLimiter(50)
-        starts: list[float] = []
-        t0 = time.monotonic()
-        deadline = t0 + 3.0
-
-        async def worker() -> None:
-            while True:
-                await limiter.acquire()
-                now = time.monotonic()
-                if now >= deadline:
-                    return
-                starts.append(now)
-                await asyncio.sleep(0.01)
-
-        await asyncio.gather(*(worker() for _ in range(32)))
-        return len(starts), (starts[-1] - starts[0]) / (len(starts) - 1)
-
-    n, gap = asyncio.run(go())
-    rate = 1.0 / gap
-    print(f"\nlimiter: {n} starts in 3 s, achieved {rate:.2f} rps (target 50)")
-    assert abs(rate - 50) <= 2.5
-    assert abs(n / 3.0 - 50) <= 2.5
-
-
-def test_rate_limiter_off_and_validation() -> None:
-    assert RateLimiter(None).reserve() == 0.0 and RateLimiter(0).reserve() == 0.0
-    with pytest.raises(ValueError):
-        RateLimiter(-1)
-
-
-def test_client_requests_are_paced_by_the_limiter(fake_openrouter: FakeOpenRouter) -> None:
-    fake_openrouter.configure(latency=0.05)
-
-    async def go() -> float:
-        limiter = RateLimiter(50)
-        deadline = time.monotonic() + 2.0
-        async with make(fake_openrouter, limiter=limiter) as orc:
-            async def worker(w: int) -> None:
-                i = 0
-                while time.monotonic() < deadline:
-                    await orc.chat(MSGS, model=MODEL, extra_headers=item(f"p-{w}-{i}"))
-                    i += 1
-
-            await asyncio.gather(*(worker(w) for w in range(32)))
-        return time.monotonic()
-
-    asyncio.run(go())
-    stamps = sorted(r["t"] for r in fake_openrouter.requests)
-    # The spacing the server saw, as a rate (without the limiter, 32 callers at 50 ms would make ~640 rps).
-    # The median gap, because a busy box can wake several paced sleepers late at once, which bunches a few.
-    rate = 1 / statistics.median(b - a for a, b in itertools.pairwise(stamps))
-    print(f"\nclient via limiter: {len(stamps)} requests, server saw one every {1000 / rate:.1f} ms (target 20)")
-    assert 45 <= rate <= 55
-
-
-def test_throughput_at_concurrency_32_with_200ms_latency(fake_openrouter: FakeOpenRouter) -> None:
-    fake_openrouter.configure(latency=0.2, cost_per_call=0.0001)
-    concurrency, seconds = 32, 3.0
-
-    async def go() -> tuple[int, float]:
-        async with make(fake_openrouter) as orc:
-            done = 0
-            t0 = time.monotonic()
-            deadline = t0 + seconds
-
-            async def worker(w: int) -> None:
-                nonlocal done
-                i = 0
-                while time.monotonic() < deadline:
-                    await orc.chat(MSGS, model=MODEL, extra_headers=item(f"tp-{w}-{i}"))
-                    done += 1
-                    i += 1
-
-            await asyncio.gather(*(worker(w) for w in range(concurrency)))
-            return done, time.monotonic() - t0
-
-    done, elapsed = asyncio.run(go())
-    rate, ideal = done / elapsed, concurrency / 0.2
-    print(f"\nthroughput: {done} items in {elapsed:.2f} s = {rate:.1f} items/s "
-          f"({rate / ideal:.2f} x ideal {ideal:.0f}); server max in flight {fake_openrouter.max_in_flight}")
-    assert rate >= 0.75 * ideal
-    assert fake_openrouter.max_in_flight >= concurrency
-
-
-def test_more_callers_than_connections(fake_openrouter: FakeOpenRouter) -> None:
-    fake_openrouter.configure(latency=0.1)
-
-    async def go() -> list[ChatResult]:
-        async with make(fake_openrouter, max_connections=6) as orc:
-            return await asyncio.gather(*(orc.chat(MSGS, model=MODEL, extra_headers=item(f"m-{i}"))
-                                          for i in range(30)))
-
-    t0 = time.monotonic()
-    results = asyncio.run(go())
-    elapsed = time.monotonic() - t0
-    assert all(r.calls == 1 for r in results) and fake_openrouter.total_calls == 30
-    assert fake_openrouter.max_in_flight == 6  # the connection limit holds ...
-    assert elapsed < 5 * 0.1 + 0.5  # ... and all six connections are kept busy

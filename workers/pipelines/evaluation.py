@@ -28,6 +28,7 @@ from tinker import types
 from app.chat import get_tokenizer, render, render_prompt
 from app.chat.render import Rendered
 from app.chat.tokenizer import IM_END
+from app.schemas.common import plain
 from app.schemas.evaluation import EvaluationSpec
 from app.services import training as training_service
 from workers.clients.tinker import make_service_client, open_client, result_of
@@ -43,16 +44,16 @@ def _models(spec: EvaluationSpec, ctx: JobContext) -> list[tuple[str, str | None
     """(label, sampler path) per model to evaluate; the base model has no path."""
     def read(session: Any) -> list[tuple[str, str | None]]:
         models: list[tuple[str, str | None]] = [("base", None)] if spec.include_base else []
-        for ref in spec.checkpoints:
+        for ref in map(plain, spec.checkpoints):
             models.append((ref, training_service.resolve_checkpoint(session, team_id=ctx.team_id, ref=ref)))
         if spec.training_job is not None:
-            final = training_service.latest_checkpoint(session, spec.training_job, kind="sampler",
-                                                       team_id=ctx.team_id)
+            training_job = plain(spec.training_job)
+            final = training_service.latest_checkpoint(session, training_job, kind="sampler", team_id=ctx.team_id)
             if final is None:
                 raise JobFailed("no_sampler_checkpoint",
                                 f"Training job {spec.training_job} has no sampler weights yet (it saves them when it "
                                 "succeeds). Submit the evaluation with depends_on=[that job].")
-            models.append((spec.training_job, final.uri))
+            models.append((training_job, final.uri))
         return models
 
     return ctx.read(read)
@@ -114,7 +115,7 @@ def _split_last_reply(messages: list[dict[str, Any]]) -> tuple[list[dict[str, An
 def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     spec = EvaluationSpec.model_validate(spec_dict)
     models = _models(spec, ctx)
-    rows = load_conversations(ctx, spec.eval_artifact, limit=spec.max_examples)  # reading stops there
+    rows = load_conversations(ctx, plain(spec.eval_artifact), limit=spec.max_examples)  # reading stops there
     kept, rendered = _examples(spec, rows)
     sampled = [(i, *_split_last_reply(rows[i])) for i in kept[: spec.samples]]
     prompts = [render_prompt(context, enable_thinking=spec.enable_thinking) for _, context, _ in sampled]

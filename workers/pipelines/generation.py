@@ -23,7 +23,9 @@ from app.schemas.generation import GenerationSpec
 from app.services import artifacts as artifacts_service
 from app.services import generation as generation_service
 from app.services.transitions import LeaseLost
-from workers.clients.openrouter import OUTAGE_CODES, OpenRouterClient, OpenRouterError, RateLimiter
+from workers.clients.openrouter import OUTAGE_CODES, ChatResult, OpenRouterClient, OpenRouterError
+from workers.clients.pacing import Limiter, Pacer, RateLimiter, SharedRateLimiter, key_id, redis_url
+from workers.clients.pricing import CostMeter
 from workers.errors import JobFailed
 from workers.lease import JobContext
 from workers.sources import iter_file_rows
@@ -43,6 +45,8 @@ class Run:
     failed_now: int = 0
     stop_reason: str | None = None
     fatal: OpenRouterError | None = None
+    unpriced: int = 0  # replies whose cost neither the provider nor a price told (no max_cost_usd to enforce)
+    cost_sources: set[str] = field(default_factory=set)
 
 
 def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
@@ -61,13 +65,14 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         before = generation_service.totals(session, ctx.job_id)
     state = Run(total=n, done_before=n - len(pending), spent=before["cost_usd"])
     ctx.event("plan", {"items": n, "pending": len(pending), "done_before": state.done_before,
-                       "spent_before_usd": round(state.spent, 6)})
+                       "spent_before_usd": round(state.spent, 6),
+                       "key_requests_per_second": settings.openrouter_requests_per_second})
 
     asyncio.run(_generate(spec, resolved, templates, rows, pending, ctx, state))
     if state.fatal is not None:
-        # Configuration the operator or the spec must fix (key, credits, model): the provider said so.
+        # Configuration the spec (model, prompt) or an operator (the server's key, credits, prices) must fix.
         raise JobFailed(state.fatal.code, state.fatal.message, details={"status": state.fatal.status},
-                        user_error=state.fatal.code not in ("invalid_api_key", "insufficient_credits"))
+                        user_error=not state.fatal.operator)
     ctx.check()  # lease lost → stop; cancel requested → cancelled (what was made is kept in the items)
     _fail_if_nothing_made(ctx)
     return _write_output(spec, ctx, state)
@@ -105,7 +110,7 @@ def _fail_if_nothing_made(ctx: JobContext) -> None:
 
 
 def _source_rows(spec: GenerationSpec, ctx: JobContext) -> list[dict[str, Any]]:
-    assert spec.source_artifact is not None
+    assert isinstance(spec.source_artifact, str)  # references are resolved before a job is queued
     with session_scope() as session:
         path, meta = artifacts_service.path_of(session, team_id=ctx.team_id, artifact_id=spec.source_artifact)
     fmt = "jsonl" if meta["format"] == "chatml_jsonl" else meta["format"]
@@ -123,12 +128,31 @@ def _prompt(spec: GenerationSpec, resolved: dict[str, Any], templates: tuple[jin
 
 
 def _outcome(index: int, *, status: str, calls: int, output: Any = None, error: dict[str, Any] | None = None,
-             usage: Any = None) -> dict[str, Any]:
+             usage: ChatResult | None = None, cost: float | None = None) -> dict[str, Any]:
     out = {"index": index, "status": status, "attempts": calls, "output": output, "error": error}
     if usage is not None:
         out.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                   cost_usd=usage.cost_usd)
+                   cost_usd=cost or 0.0)
     return out
+
+
+def _key_limiter(settings: Any, api_key: str) -> Limiter | None:
+    """The server key's rate, shared through the broker's Redis (workers/clients/pacing.py), if one is set."""
+    rps, url = settings.openrouter_requests_per_second, redis_url(settings.resolved_broker_url)
+    if not rps:
+        return None
+    if url is None:  # a broker that is not Redis: this process alone
+        return RateLimiter(rps)
+    return SharedRateLimiter(url, key_id(settings.openrouter_base_url, api_key), rps)
+
+
+def _cost_unknown(spec: GenerationSpec, base_url: str) -> OpenRouterError:
+    return OpenRouterError(
+        "cost_unknown",
+        f"The provider at {base_url} reports no usage.cost and no price is known for model {spec.model!r} "
+        f"(neither TUNEQ_GENERATION_PRICES nor {base_url}/models lists it), so max_cost_usd cannot be enforced: "
+        "ask an operator to add the model's price to TUNEQ_GENERATION_PRICES (or choose a model with a known "
+        "price), then resume the job.", fatal=True)
 
 
 def _to_chatml(output: str, prompt: list[dict[str, str]], content: str) -> tuple[list[Any] | None, str | None]:
@@ -183,13 +207,20 @@ async def _generate(spec: GenerationSpec, resolved: dict[str, Any],
                 stop.set()
                 raise
             return _outcome(index, status="failed", calls=exc.calls, error={"code": exc.code, "message": exc.message})
+        cost = await meter.cost(cost_usd=result.cost_usd, prompt_tokens=result.prompt_tokens,
+                                completion_tokens=result.completion_tokens, models=(spec.model, result.model))
+        if cost is None:
+            if spec.max_cost_usd is not None:  # a budget nobody can count must not run on
+                state.fatal = state.fatal or _cost_unknown(spec, settings.openrouter_base_url)
+                stop.set()
+            state.unpriced += 1
         messages, problem = _to_chatml(resolved["output"], prompt, result.content)
         if messages is None:
             assert problem is not None
             code, _, message = problem.partition(": ")
-            return _outcome(index, status="failed", calls=result.calls, usage=result,
+            return _outcome(index, status="failed", calls=result.calls, usage=result, cost=cost,
                             error={"code": code, "message": message, "reply_head": result.content[:300]})
-        return _outcome(index, status="ok", calls=result.calls, output=messages, usage=result)
+        return _outcome(index, status="ok", calls=result.calls, output=messages, usage=result, cost=cost)
 
     async def worker(client: OpenRouterClient) -> None:
         while not should_stop():
@@ -203,11 +234,15 @@ async def _generate(spec: GenerationSpec, resolved: dict[str, Any],
             await writer.store(outcome)  # durable before this slot makes another call
 
     writer = GroupWriter(ctx, state, stop)
-    async with OpenRouterClient(api_key=settings.openrouter_api_key.get_secret_value(),
-                                base_url=settings.openrouter_base_url, app_name=settings.openrouter_app_name,
-                                referer=settings.openrouter_referer, max_attempts=spec.max_attempts_per_item,
-                                limiter=RateLimiter(spec.requests_per_second),
+    api_key = settings.openrouter_api_key.get_secret_value()
+    key_limiter = _key_limiter(settings, api_key)
+    pacer = Pacer(RateLimiter(spec.requests_per_second) if spec.requests_per_second else None, key_limiter)
+    async with OpenRouterClient(api_key=api_key, base_url=settings.openrouter_base_url,
+                                app_name=settings.openrouter_app_name, referer=settings.openrouter_referer,
+                                max_attempts=spec.max_attempts_per_item, limiter=pacer,
                                 max_connections=spec.concurrency) as client:
+        meter = CostMeter(base_url=settings.openrouter_base_url, fetch=client.list_models,
+                          table=settings.generation_prices, ttl=settings.openrouter_models_cache_seconds)
         workers = [asyncio.create_task(worker(client)) for _ in range(min(spec.concurrency, len(pending)))]
         writer_task = asyncio.create_task(writer.run())
         stopper: asyncio.Task[Any] = asyncio.create_task(stop.wait())
@@ -234,6 +269,9 @@ async def _generate(spec: GenerationSpec, resolved: dict[str, Any],
             for task in (*watch, watcher):
                 task.cancel()
             await asyncio.gather(*watch, watcher, return_exceptions=True)
+            state.cost_sources |= meter.sources
+            if isinstance(key_limiter, SharedRateLimiter):
+                await key_limiter.aclose()
     await asyncio.to_thread(_flush, ctx, state, [], True)
 
 
@@ -321,7 +359,8 @@ def _write_output(spec: GenerationSpec, ctx: JobContext, state: Run) -> dict[str
              "pending": by_status.get("pending", 0), "failed_by_reason": failures, "duplicates_dropped": duplicates,
              "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"],
              "cost_usd": round(totals["cost_usd"], 6), "calls": totals["calls"],
-             "retries": max(0, totals["calls"] - by_status.get("ok", 0) - by_status.get("failed", 0))}
+             "retries": max(0, totals["calls"] - by_status.get("ok", 0) - by_status.get("failed", 0)),
+             "cost_source": sorted(state.cost_sources)}
     [artifact_id] = ctx.publish_artifacts([{"kind": "dataset", "name": "generated.jsonl", "writer": writer,
                                              "fmt": "chatml_jsonl", "rows": rows, "meta": {"split": "train"}}])
     result: dict[str, Any] = {"artifact": artifact_id, "train_artifact": artifact_id, "rows": rows,
@@ -330,6 +369,10 @@ def _write_output(spec: GenerationSpec, ctx: JobContext, state: Run) -> dict[str
         ctx.event("warning", {"code": "items_failed", "failed_items": stats["failed"], "failed_by_reason": failures,
                               "message": f"{stats['failed']} of {state.total} items failed; the dataset has the "
                                          f"{stats['ok']} that succeeded (GET /v1/jobs/{ctx.job_id}/items?status=failed)"})
+    if state.unpriced:
+        ctx.event("warning", {"code": "cost_unknown", "items": state.unpriced,
+                              "message": f"{state.unpriced} replies reported no usage.cost and no price is known "
+                                         f"for {spec.model!r}: cost_usd leaves them out"})
     if state.stop_reason == "budget":
         result["stop_reason"] = (f"max_cost_usd reached: spent ${totals['cost_usd']:.4f} of ${spec.max_cost_usd}; "
                                  f"{stats['pending']} items were not generated")

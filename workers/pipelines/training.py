@@ -41,6 +41,8 @@ import numpy as np
 from tinker import types
 
 from app.chat import RENDERER_VERSION, render
+from app.chat.fit import BATCH_ORDER, Schedule, batch_indices, epoch_order, schedule
+from app.schemas.common import plain
 from app.schemas.training import TrainingSpec
 from app.services import training as training_service
 from workers.clients.tinker import datum_from, lr_for, make_service_client, open_client, result_of
@@ -52,8 +54,6 @@ from workers.pipelines.rows import Fitted, Rows, fit_rows, load_dataset
 EVENT_SECONDS = 5.0
 DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0, pool=10.0)
 DOWNLOAD_CHUNK = 1 << 20
-# The algorithm of `batch_rows`; change it whenever that function's output changes (it is part of the plan).
-BATCH_ORDER = "numpy.default_rng(seed+epoch).permutation/1"
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +84,14 @@ class Plan:
         return asdict(self)
 
 
-def _epoch_order(seed: int, epoch: int, examples: int) -> np.ndarray:
-    return np.random.default_rng(seed + epoch).permutation(examples)
-
-
 def make_plan(spec: TrainingSpec, fitted: Fitted, *, train_sha256: str | None = None,
               validation_sha256: str | None = None, validation_examples: int = 0) -> Plan:
     n = len(fitted.rows)
-    per_epoch = max(1, n // spec.batch_size)
-    total = per_epoch * (spec.epochs or 1)
-    if spec.max_steps is not None:
-        total = spec.max_steps if spec.epochs is None else min(total, spec.max_steps)
-    order = np.ascontiguousarray(_epoch_order(spec.seed, 0, n), dtype="<i8")
-    return Plan(examples=n, dropped_too_long=fitted.total - n, steps_per_epoch=per_epoch, total_steps=total,
-                batch_size=min(spec.batch_size, n), trained_tokens_per_epoch=fitted.trained_tokens,
+    steps = schedule(n, batch_size=spec.batch_size, epochs=spec.epochs, max_steps=spec.max_steps)  # app/chat/fit.py
+    order = np.ascontiguousarray(epoch_order(spec.seed, 0, n), dtype="<i8")
+    return Plan(examples=n, dropped_too_long=fitted.total - n, steps_per_epoch=steps.steps_per_epoch,
+                total_steps=steps.total_steps, batch_size=steps.batch_size,
+                trained_tokens_per_epoch=fitted.trained_tokens,
                 tokens_per_epoch=fitted.tokens,
                 learning_rate=spec.learning_rate or lr_for(spec.base_model), lr_schedule=spec.lr_schedule,
                 warmup_steps=spec.warmup_steps, seed=spec.seed, train_sha256=train_sha256,
@@ -131,10 +125,9 @@ def check_plan(plan: Plan, checkpoint: Any) -> None:
 
 
 def batch_rows(spec: TrainingSpec, plan: Plan, step: int) -> np.ndarray:
-    """Row indices of `step`: epoch e uses permutation(seed + e), cut into consecutive batches."""
-    epoch, index = divmod(step, plan.steps_per_epoch)
-    order = _epoch_order(spec.seed, epoch, plan.examples)
-    return order[index * plan.batch_size:(index + 1) * plan.batch_size]
+    """Row indices of `step`: epoch e uses permutation(seed + e), cut into consecutive batches (app/chat/fit.py)."""
+    steps = Schedule(plan.steps_per_epoch, plan.total_steps, plan.batch_size)
+    return batch_indices(spec.seed, steps, plan.examples, step)
 
 
 def learning_rate(spec: TrainingSpec, plan: Plan, step: int) -> float:
@@ -171,21 +164,21 @@ def _datums(spec: TrainingSpec, rows: Rows | list[Any], indices: Any) -> Batch:
 
 def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     spec = TrainingSpec.model_validate(spec_dict)
-    train = load_dataset(ctx, spec.train_artifact)
+    train = load_dataset(ctx, plain(spec.train_artifact))
     fitted = fit_rows(train, "training", max_length=spec.max_length, train_on=spec.train_on,
                       enable_thinking=spec.enable_thinking)
     rows = fitted.rows
     val_rows: Rows | list[Any] = []
     validation = None
     if spec.validation_artifact:
-        validation = load_dataset(ctx, spec.validation_artifact)
+        validation = load_dataset(ctx, plain(spec.validation_artifact))
         val_rows = fit_rows(validation, "validation", max_length=spec.max_length, train_on=spec.train_on,
                             enable_thinking=spec.enable_thinking).rows
     plan = make_plan(spec, fitted, train_sha256=train.sha256,
                      validation_sha256=validation.sha256 if validation else None, validation_examples=len(val_rows))
 
     def checkpoints(session: Any) -> tuple[Any, str | None]:
-        start_from = (training_service.resolve_checkpoint(session, team_id=ctx.team_id, ref=spec.from_checkpoint)
+        start_from = (training_service.resolve_checkpoint(session, team_id=ctx.team_id, ref=plain(spec.from_checkpoint))
                       if spec.from_checkpoint else None)
         return training_service.latest_checkpoint(session, ctx.job_id), start_from
 

@@ -1,4 +1,15 @@
-"""Rows of Hugging Face Hub datasets, streamed with `datasets` (see workers/sources/__init__.py, Hub notes)."""
+"""Rows of Hugging Face Hub datasets, streamed with `datasets` (see workers/sources/__init__.py, Hub notes).
+
+Where the Hub is: `huggingface_hub` and `datasets` read HF_ENDPOINT, HF_HUB_OFFLINE and HF_HOME from the
+environment once, when they are imported, so they belong in the worker's environment before it starts (the
+integration tests start a worker with HF_ENDPOINT pointing at tests/fakes/hf_hub_server.py). HF_TOKEN is the
+server's setting (`Settings.hf_token`), passed in as `token`; a job cannot bring its own, so errors about access
+tell the operator what to set.
+
+Beyond `load_dataset(..., streaming=True)`: a chosen config whose files are in another format than the default
+config's is read with the reader for its own files (`_reader_for_split`, huggingface/datasets#7101), and an unknown
+revision's error lists the dataset's branches and tags as the Hub reports them.
+"""
 
 from __future__ import annotations
 
@@ -107,6 +118,30 @@ def _available(text: str) -> str | None:
     return ", ".join(str(i) for i in items) if isinstance(items, list) else None
 
 
+def _gated(what: str, token: str | None, why: str = "it is gated") -> SourceError:
+    """The server's token (HF_TOKEN, a setting) is the only one a job can use: say what the operator must do."""
+    if token is None:
+        return SourceError(
+            "dataset_gated",
+            f"Dataset {what} cannot be read: {why} on the Hugging Face Hub and this server has no Hugging Face "
+            f"token. An operator must set HF_TOKEN for the workers to a token of an account that has accepted "
+            f"the dataset's terms on its Hub page.")
+    return SourceError(
+        "dataset_gated",
+        f"Dataset {what} cannot be read: {why} on the Hugging Face Hub and the server's HF_TOKEN has no access "
+        f"to it. Accept the dataset's terms on its Hub page with the account of that token, or set HF_TOKEN to "
+        f"a token that has access.")
+
+
+def _not_found(what: str, token: str | None, status: str, *, hub: bool) -> SourceError:
+    if not hub:
+        return SourceError("dataset_not_found", f"Dataset {what} was not found; check the name.")
+    private = ("a private dataset can only be read once HF_TOKEN is set on the server" if token is None
+               else "or it is private and the server's HF_TOKEN cannot read it")
+    return SourceError("dataset_not_found",
+                       f"Dataset {what} was not found on the Hub{status}; check `name` ({private}).")
+
+
 def _map_datasets_error(exc: BaseException, what: str, *, split: str, config: str | None,
                         revision: str | None, token: str | None, hub: bool) -> SourceError:
     """Turn an exception from `datasets`/`huggingface_hub` into a SourceError naming `what` (the dataset)."""
@@ -122,22 +157,14 @@ def _map_datasets_error(exc: BaseException, what: str, *, split: str, config: st
         if cls in _CONNECTION_NAMES or (isinstance(link, ConnectionError) and "Couldn't reach" in str(link)):
             return _unreachable(what, _redact(one_line(link, 200), token), retryable=True)
         if cls == "GatedRepoError" or (isinstance(link, DatasetNotFoundError) and "gated" in str(link)):
-            return SourceError(
-                "dataset_gated",
-                f"Dataset {what} is gated or private on the Hub: accept its terms on the dataset page and "
-                f"submit the job with a token that has access.",
-            )
+            return _gated(what, token)
         if cls == "RevisionNotFoundError" or (isinstance(link, DatasetNotFoundError)
                                               and "Revision" in str(link)):
             return SourceError("bad_revision",
-                               f"Revision {revision!r} does not exist for dataset {what}; use a branch, tag "
+                               f"Dataset {what} has no revision {revision!r}; set `revision` to a branch, tag "
                                f"or commit of that dataset.")
         if cls == "RepositoryNotFoundError" or isinstance(link, DatasetNotFoundError):
-            return SourceError(
-                "dataset_not_found",
-                f"Dataset {what} was not found on the Hub (or is private and the token cannot see it); "
-                f"check the name.",
-            )
+            return _not_found(what, token, "", hub=hub)
         if isinstance(link, DataFilesNotFoundError) or cls == "EmptyDatasetError":
             return SourceError("no_data_files", f"Dataset {what} has no data files that can be read "
                                                 f"(parquet, jsonl, json, csv, ...).")
@@ -146,11 +173,9 @@ def _map_datasets_error(exc: BaseException, what: str, *, split: str, config: st
         status = getattr(getattr(link, "response", None), "status_code", None)
         if cls.startswith("HfHubHTTPError") or status is not None:
             if status in (401, 403):
-                return SourceError("dataset_gated", f"Access to dataset {what} was refused (HTTP {status}); "
-                                                    f"submit the job with a token that has access.")
+                return _gated(what, token, f"access was refused (HTTP {status})")
             if status == 404:
-                return SourceError("dataset_not_found", f"Dataset {what} was not found on the Hub (HTTP 404); "
-                                                        f"check the name.")
+                return _not_found(what, token, " (HTTP 404)", hub=hub)
             if status is not None and (status >= 500 or status == 429):
                 return SourceError("hub_unreachable",
                                    f"The Hugging Face Hub answered HTTP {status} while loading dataset {what}; "
@@ -162,7 +187,7 @@ def _map_datasets_error(exc: BaseException, what: str, *, split: str, config: st
                 "bad_split",
                 f"Dataset {what} has no split {split!r}"
                 + (f"; available splits: {avail}." if avail else ".")
-                + " Pick one of them.",
+                + " Set `split` to one of them.",
             )
         if "BuilderConfig" in text or "Config name is missing" in text:
             avail = _available(text)
@@ -200,6 +225,71 @@ def _iterate_mapped(ds: Iterable[dict[str, Any]], start: int,
         yield n, row
 
 
+def _reader_for_split(builder: Any, name: str, split: str, *, cache_dir: str, token: str | None) -> Any:
+    """The builder that reads `split` of the chosen config with the reader its own files need.
+
+    `datasets` picks one file format for a whole repository, from its default config's files, and reads every
+    config with it: a JSONL config beside a Parquet one would be read as Parquet (huggingface/datasets#7101).
+    We infer the format of the chosen split's files with `datasets`' own rules and, when it differs, read those
+    same resolved files (pinned to the commit) with the packaged builder for their format."""
+    import datasets
+    from datasets.data_files import DataFilesDict
+    from datasets.load import infer_module_for_data_files
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    files = getattr(builder.config, "data_files", None)
+    if not files:
+        return builder
+    # No such split: keep every split, so that the error lists the config's splits.
+    chosen = {split: files[split]} if split in files else dict(files)
+    try:
+        module, module_kwargs = infer_module_for_data_files(DataFilesDict(chosen), path=name)
+    except ValueError:  # splits in different formats: leave it to datasets' own error
+        return builder
+    if module is None or _PACKAGED_DATASETS_MODULES[module][0] == type(builder).__module__:
+        return builder
+    return datasets.load_dataset_builder(module, data_files={k: list(v) for k, v in chosen.items()},
+                                         cache_dir=cache_dir, token=token, **module_kwargs)
+
+
+def _bounded(fn: Callable[[], Any], timeout: float) -> Any:
+    """fn() on a helper thread, given at most `timeout` seconds; None when it fails or does not finish."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except Exception:  # best effort: the caller has a message without it
+            pass
+
+    thread = threading.Thread(target=run, name="tuneq-hub-call", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return out[0] if out else None
+
+
+def _names(refs: Sequence[Any], limit: int = 20) -> str:
+    names = [str(r.name) for r in refs]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _refs_hint(name: str, token: str | None, timeout: float) -> str:
+    """' Its branches: main; tags: v1.0.' as the Hub lists them, or '' when it cannot say."""
+
+    def refs() -> Any:
+        import datasets
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=str(datasets.config.HF_ENDPOINT), token=token).list_repo_refs(
+            name, repo_type="dataset")
+
+    found = _bounded(refs, timeout)
+    if found is None or not found.branches:
+        return ""
+    return (f" Its branches: {_names(found.branches)}"
+            + (f"; tags: {_names(found.tags)}." if found.tags else "."))
+
+
 def iter_hub_rows(
     name: str,
     *,
@@ -211,7 +301,7 @@ def iter_hub_rows(
     data_files: str | Sequence[str] | Mapping[str, str | Sequence[str]] | None = None,
     connect_timeout: float = 10.0,
 ) -> Iterator[Row]:
-    """Stream `(row_number, row)` from a Hub dataset with `datasets.load_dataset(..., streaming=True)`.
+    """Stream `(row_number, row)` from a Hub dataset, as `datasets.load_dataset(..., streaming=True)` would.
 
     Nothing touches the network until the first `next()`. Failures become SourceErrors naming the dataset;
     see the module docstring for what happens offline."""
@@ -233,7 +323,7 @@ def iter_hub_rows(
             reason = _probe_hub(str(datasets.config.HF_ENDPOINT), connect_timeout)
             if reason is not None:
                 raise _unreachable(what, _redact(reason, token), retryable=True)
-        kwargs: dict[str, Any] = {"split": split, "streaming": True}
+        kwargs: dict[str, Any] = {}
         if revision:
             kwargs["revision"] = revision
         if token:
@@ -244,9 +334,17 @@ def iter_hub_rows(
             kwargs["data_files"] = data_files
         with _scratch_cache() as cache_dir:
             try:
-                ds = datasets.load_dataset(f"hf://datasets/{name}", config, cache_dir=cache_dir, **kwargs)
+                # What load_dataset(..., streaming=True) does, in two steps so the builder can be checked.
+                builder = datasets.load_dataset_builder(f"hf://datasets/{name}", config, cache_dir=cache_dir,
+                                                        **kwargs)
+                if not data_files:
+                    builder = _reader_for_split(builder, name, split, cache_dir=cache_dir, token=token)
+                ds = builder.as_streaming_dataset(split=split)
             except Exception as exc:
-                raise mapper(exc) from None
+                err = mapper(exc)
+                if err.code == "bad_revision":
+                    err = SourceError(err.code, err.message + _refs_hint(name, token, connect_timeout))
+                raise err from None
             yield from _iterate_mapped(ds, 0, mapper)
 
     return gen()

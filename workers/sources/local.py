@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from workers.sources.common import Row, SourceError
+from workers.sources.common import Row, SourceError, one_line
 from workers.sources.hub import _iterate_mapped, _map_datasets_error, _scratch_cache
 
-# Same keywords as `datasets` uses to infer splits from file and directory names.
-_SPLIT_KEYWORDS = {
-    "train": "train", "training": "train",
-    "validation": "validation", "valid": "validation", "dev": "validation", "val": "validation",
-    "test": "test", "testing": "test", "eval": "test", "evaluation": "test",
-}
-_SPLIT_ORDER = ("train", "validation", "test")
-_TOKEN_SPLIT = re.compile(r"[-._ 0-9]+")
-_SHARDED = re.compile(r"^(\w+(?:\.\w+)*)-\d{5}-of-\d{5}")
 # File extension -> (datasets packaged builder, builder kwargs)
 _LOCAL_BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {
     ".parquet": ("parquet", {}),
@@ -28,7 +19,6 @@ _LOCAL_BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {
     ".csv": ("csv", {}),
     ".tsv": ("csv", {"sep": "\t"}),
 }
-_IGNORED_FILES = {"readme.md", "config.json", "dataset_info.json", "dataset_infos.json", "dataset_dict.json"}
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][\w.+-]*$")
 
 
@@ -36,56 +26,41 @@ def _builder_for(p: Path) -> tuple[str, dict[str, Any]] | None:
     return _LOCAL_BUILDERS.get(p.suffix.lower())
 
 
-def _data_files_under(root: Path) -> list[Path]:
-    """Supported data files under root (recursive), skipping hidden/dunder entries; sorted by relative path."""
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
-        for fn in filenames:
-            if fn.startswith((".", "__")) or fn.lower() in _IGNORED_FILES:
-                continue
-            p = Path(dirpath, fn)
-            if _builder_for(p) is not None:
-                out.append(p)
-    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+def _split_files(root: Path, exclude: Iterable[Path] = ()) -> dict[str, list[Path]]:
+    """Split -> supported data files under root, by `datasets`' own rules (`get_data_patterns`, then
+    `DataFilesDict.from_patterns`): the Hub and `load_dataset` would see the same splits. Files under `exclude`
+    (other configs' directories) are left out; {} when there is no data file."""
+    from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
+
+    try:
+        patterns = get_data_patterns(str(root))
+        resolved = DataFilesDict.from_patterns(patterns, base_path=str(root))
+    except (EmptyDatasetError, FileNotFoundError):
+        return {}
+    except ValueError as exc:  # e.g. a sharded file name whose split is not a word
+        raise SourceError("bad_split", f"Local dataset '{root.name}': {one_line(exc)}") from None
+    out: dict[str, list[Path]] = {}
+    for split, files in resolved.items():
+        kept = [Path(f) for f in files if _builder_for(Path(f)) is not None
+                and not any(Path(f).is_relative_to(d.absolute()) for d in exclude)]
+        if kept:
+            out[str(split)] = kept
+    return out
 
 
-def _keyword_split(name: str) -> str | None:
-    for tok in _TOKEN_SPLIT.split(name.lower()):
-        if tok in _SPLIT_KEYWORDS:
-            return _SPLIT_KEYWORDS[tok]
-    return None
+def _relative(p: Path, root: Path) -> str:
+    for base in (root, root.absolute(), root.resolve()):
+        if p.is_relative_to(base):
+            return p.relative_to(base).as_posix()
+    return p.name
 
 
-def _split_of(rel: Path) -> str | None:
-    """Sharded name (`<split>-00000-of-00001.ext`) > split keyword in the file name > keyword in a directory."""
-    m = _SHARDED.match(rel.name)
-    if m:
-        return _SPLIT_KEYWORDS.get(m.group(1).lower(), m.group(1))
-    stem = rel.name[: -len(rel.suffix)] if rel.suffix else rel.name
-    found = _keyword_split(stem)
-    if found:
-        return found
-    for part in rel.parts[:-1]:
-        found = _keyword_split(part)
-        if found:
-            return found
-    return None
+def _is_split_name(name: str) -> bool:
+    """A directory named for a split (`train`, `dev_2`, …), by `datasets`' split keywords and separators."""
+    from datasets.data_files import NON_WORDS_CHARS, SPLIT_KEYWORDS
 
-
-def _split_files(root: Path, files: list[Path]) -> dict[str, list[Path]]:
-    assigned: dict[str, list[Path]] = {}
-    unassigned: list[Path] = []
-    for p in files:
-        split = _split_of(p.relative_to(root))
-        if split is None:
-            unassigned.append(p)
-        else:
-            assigned.setdefault(split, []).append(p)
-    if not assigned and unassigned:
-        assigned["train"] = unassigned  # like `datasets`: files with no split in their name are all "train"
-    ordered = [s for s in _SPLIT_ORDER if s in assigned] + sorted(s for s in assigned if s not in _SPLIT_ORDER)
-    return {s: assigned[s] for s in ordered}
+    words = {w for keywords in SPLIT_KEYWORDS.values() for w in keywords}
+    return any(tok in words for tok in re.split(f"{NON_WORDS_CHARS}+", name.lower()))
 
 
 def _has_yaml_configs(path: Path) -> bool:
@@ -112,7 +87,7 @@ def _config_dirs(path: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for child in sorted(path.iterdir()):
         if (child.is_dir() and not child.name.startswith((".", "__")) and child.name != "data"
-                and _keyword_split(child.name) is None and _data_files_under(child)):
+                and not _is_split_name(child.name) and _split_files(child)):
             out[child.name] = child
     return out
 
@@ -124,12 +99,14 @@ def iter_local_dataset_rows(path: Path, *, split: str, config: str | None = None
     Layouts: `data/<split>-00000-of-00001.parquet`, `data/<split>.jsonl`, `<split>.jsonl` at the top,
     `<split>/shard-*.csv`, and config subdirectories `<config>/<split>-*.parquet`.
 
+    Splits are resolved by `datasets`' own public helpers (`get_data_patterns`, `DataFilesDict.from_patterns`),
+    so a directory has the splits the Hub would show for it: e.g. once `data/train-00000-of-00001.*` names a
+    sharded split, a `data/validation.jsonl` beside it is not a split (name it `validation-00000-of-00001.jsonl`).
     Why not plain `load_dataset(dir)`: `datasets` infers one builder for the whole directory (the most common
-    extension) and, once it sees a sharded `data/train-00000-of-00001.*` name, ignores files like
-    `data/validation.jsonl`; config subdirectories are merged into one `default` config. So the split ->
-    files map is built here from the directory listing (the same split keywords as `datasets`), and each run
-    of same-format files is passed as explicit `data_files` to the builder chosen by extension. A directory
-    whose README.md declares `configs:` in its YAML header is left entirely to `datasets.load_dataset`.
+    extension), and merges config subdirectories into one `default` config. So each run of same-format files of
+    the split is passed as explicit `data_files` to the builder chosen by extension, and immediate
+    subdirectories (not `data`, not named for a split) are configs. A directory whose README.md declares
+    `configs:` in its YAML header is left entirely to `datasets.load_dataset`.
 
     With `config=None` and config subdirectories: files outside them are used when there are any; otherwise a
     single config subdirectory is used, and several are a `bad_config` error listing them."""
@@ -167,22 +144,17 @@ def iter_local_dataset_rows(path: Path, *, split: str, config: str | None = None
             avail = ", ".join(configs) if configs else "default"
             raise SourceError("bad_config", f"Local dataset {what} has no config {config!r}; available configs: "
                                             f"{avail}. Set `config` to one of them.")
-        root = configs[config]
-        files = _data_files_under(root)
+        splits = _split_files(configs[config])
     else:
-        root = path
-        files = [p for p in _data_files_under(path)
-                 if not any(p.is_relative_to(d) for d in configs.values())]
-        if not files and len(configs) == 1:
-            root = next(iter(configs.values()))
-            files = _data_files_under(root)
-        elif not files and configs:
+        splits = _split_files(path, exclude=configs.values())
+        if not splits and len(configs) == 1:
+            splits = _split_files(next(iter(configs.values())))
+        elif not splits and configs:
             raise SourceError("bad_config", f"Local dataset {what} has several configs ({', '.join(configs)}) and "
                                             f"none was chosen; set `config` to one of them.")
-    if not files:
+    if not splits:
         raise SourceError("no_data_files", f"Local dataset {what} has no data files (.parquet, .jsonl, .json, "
                                            f".csv, .tsv).")
-    splits = _split_files(root, files)
     if split not in splits:
         raise SourceError("bad_split", f"Local dataset {what} has no split {split!r}; available splits: "
                                        f"{', '.join(splits)}. Pick one of them.")
@@ -202,7 +174,7 @@ def iter_local_dataset_rows(path: Path, *, split: str, config: str | None = None
             else:
                 groups.append((key, [p]))
         for (builder_name, extra), group in groups:
-            rel = group[0].relative_to(path).as_posix() + (f" (and {len(group) - 1} more)" if len(group) > 1
+            rel = _relative(group[0], path) + (f" (and {len(group) - 1} more)" if len(group) > 1
                                                           else "")
             group_what = f"{what} (file {rel})"
 
