@@ -114,7 +114,8 @@ def api(hooks: LocalApi) -> Iterator[httpx.Client]:
 
 
 def submit(client: httpx.Client, url: str, **spec: Any) -> dict[str, Any]:
-    response = client.post("/v1/jobs", json={"kind": "test", "spec": spec, "webhook_url": url})
+    # One attempt: a failing job ends at once instead of after its retries' backoff.
+    response = client.post("/v1/jobs", json={"kind": "test", "spec": spec, "webhook_url": url, "max_attempts": 1})
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
 
