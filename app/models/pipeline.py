@@ -29,3 +29,14 @@ class Pipeline(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def pipeline_status(statuses: list[str] | set[str]) -> str:
+    """A pipeline's status from its steps': the most advanced unfinished one while any is unfinished; then
+    succeeded if every step did, else failed if one failed, else cancelled."""
+    for unfinished in ("running", "queued", "pending"):
+        if unfinished in statuses:
+            return unfinished
+    if all(s == "succeeded" for s in statuses):
+        return "succeeded"
+    return "failed" if "failed" in statuses else "cancelled"

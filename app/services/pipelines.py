@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidRequest, NotFound, TuneqError
 from app.models import Job, JobEvent, Pipeline, new_id, utcnow
+from app.models.pipeline import pipeline_status
 from app.queue import enqueue
 from app.schemas.common import JOB_CURSOR
 from app.schemas.pipelines import PipelineCreate
@@ -181,14 +182,6 @@ def _replay(session: Session, team_id: str, key: str, body_hash: str) -> dict[st
     return get(session, team_id=team_id, pipeline_id=row.id)
 
 
-def status_of(statuses: list[str]) -> str:
-    if any(s in _UNFINISHED for s in statuses):
-        return next(s for s in ("running", "queued", "pending") if s in statuses)
-    if all(s == "succeeded" for s in statuses):
-        return "succeeded"
-    return "failed" if "failed" in statuses else "cancelled"
-
-
 _STEP_COLUMNS = (Job.id, Job.kind, Job.status, Job.depends_on, Job.progress, Job.result, Job.error)
 
 
@@ -208,7 +201,7 @@ def _read(session: Session, pipelines: list[Any]) -> list[dict[str, Any]]:
                           "depends_on": [names.get(d, d) for d in job.depends_on], "progress": job.progress,
                           "result": job.result, "error": job.error})
         out.append({"id": p.id, "name": p.name, "labels": p.labels,
-                    "status": status_of([s["status"] for s in steps]), "steps": steps, "estimate": p.estimate,
+                    "status": pipeline_status([s["status"] for s in steps]), "steps": steps, "estimate": p.estimate,
                     "webhook_url": p.webhook_url, "created_at": p.created_at.isoformat()})
     return out
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest, NotFound
 from app.models import TERMINAL_STATUSES, Job, Pipeline, WebhookDelivery, db_now, new_id, row_dict
+from app.models.pipeline import pipeline_status
 from app.services import webhook_targets
 from app.settings import Settings
 
@@ -89,8 +90,7 @@ def _after_step_end(conn: Connection, pipeline_id: str, now: datetime) -> None:
                          .where(Job.pipeline_id == pipeline_id)).all()
     if not steps or any(s.status not in TERMINAL_STATUSES for s in steps):
         return
-    statuses = {s.status for s in steps}
-    status = "succeeded" if statuses == {"succeeded"} else "failed" if "failed" in statuses else "cancelled"
+    status = pipeline_status({s.status for s in steps})
     # Any later change of a step (a resume) bumps its event_seq, so a pipeline that ends again is a new event.
     version = sum(s.event_seq for s in steps)
     data = {"object": "pipeline", "id": pipeline_id, "status": status, "finished_at": now.isoformat(),
