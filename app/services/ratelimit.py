@@ -40,17 +40,25 @@ class TooManyRequests(TuneqError):
         self.retry_after = retry_after
 
 
-def storage_uri(broker_url: str) -> str:
-    """The broker's Redis as a `limits` async storage URI. Kombu's `redis+socket:///path` (the embedded Redis)
-    becomes `async+redis+unix:///path`; its `?virtual_host=N` names the database."""
+def redis_url(broker_url: str) -> str | None:
+    """The broker as a redis-py URL (kombu's `redis+socket:///path?virtual_host=N` → `unix:///path?db=N`),
+    or None when the broker is not Redis."""
     parts = urlsplit(broker_url)
     if parts.scheme == "redis+socket":
         query = parse_qs(parts.query)
         db = (query.get("virtual_host") or query.get("db") or ["0"])[0]
-        return f"async+redis+unix://{parts.path}?db={db or 0}"
+        return f"unix://{parts.path}?db={db or 0}"
     if parts.scheme in ("redis", "rediss"):
-        return f"async+{broker_url}"
-    raise ValueError(f"rate limits need a Redis broker, not {parts.scheme}://")
+        return broker_url
+    return None
+
+
+def storage_uri(broker_url: str) -> str:
+    """The broker's Redis as a `limits` async storage URI (the embedded Redis's socket: `async+redis+unix://`)."""
+    url = redis_url(broker_url)
+    if url is None:
+        raise ValueError(f"rate limits need a Redis broker, not {urlsplit(broker_url).scheme}://")
+    return f"async+redis+{url}" if url.startswith("unix://") else f"async+{url}"
 
 
 @lru_cache(maxsize=64)

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from app.services.ratelimit import redis_url
 from app.settings import GenerationPrice
 from tests.support import free_port, start_redis_server
 from workers.clients import pricing
-from workers.clients.pacing import Pacer, RateLimiter, SharedRateLimiter, key_id, redis_url
+from workers.clients.pacing import Pacer, RateLimiter, SharedRateLimiter, key_id
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from typing import Protocol
-from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +81,6 @@ class RateLimiter:
         delay = self.reserve()
         if delay > 0:
             await asyncio.sleep(delay)
-
-
-def redis_url(broker_url: str) -> str | None:
-    """The broker as a redis-py URL (kombu's `redis+socket:///path?virtual_host=N` → `unix:///path?db=N`),
-    or None when the broker is not Redis."""
-    parts = urlsplit(broker_url)
-    if parts.scheme == "redis+socket":
-        query = parse_qs(parts.query)
-        db = (query.get("virtual_host") or query.get("db") or ["0"])[0]
-        return f"unix://{parts.path}?db={db or 0}"
-    if parts.scheme in ("redis", "rediss"):
-        return broker_url
-    return None
 
 
 def key_id(base_url: str, api_key: str) -> str:

@@ -22,9 +22,10 @@ from app.errors import InvalidRequest
 from app.schemas.generation import GenerationSpec
 from app.services import artifacts as artifacts_service
 from app.services import generation as generation_service
+from app.services.ratelimit import redis_url
 from app.services.transitions import LeaseLost
 from workers.clients.openrouter import OUTAGE_CODES, ChatResult, OpenRouterClient, OpenRouterError
-from workers.clients.pacing import Limiter, Pacer, RateLimiter, SharedRateLimiter, key_id, redis_url
+from workers.clients.pacing import Limiter, Pacer, RateLimiter, SharedRateLimiter, key_id
 from workers.clients.pricing import CostMeter
 from workers.errors import JobFailed
 from workers.lease import JobContext
