@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ def artifact_root(env: dict[str, str]) -> Path:
 
 
 def temp_files(env: dict[str, str]) -> list[Path]:
-    return list(artifact_root(env).rglob("*.tmp"))
+    # os.walk skips directories the server removes while we look (rglob raises on them)
+    return [Path(d, f) for d, _, files in os.walk(artifact_root(env)) for f in files if f.endswith(".tmp")]
 
 
 def upload(client: httpx.Client, name: str, data: bytes) -> httpx.Response:
