@@ -35,9 +35,15 @@ class MetricsPage(BaseModel):
 class CheckpointOut(BaseModel):
     id: str
     step: int
-    kind: str = Field(description="state (resumable) or sampler (sampleable)")
+    kind: str = Field(description="state (resumable; sampleable too when sampler_uri is set) or sampler "
+                                  "(sampler weights only, from runs before sampler checkpoints)")
     uri: str = Field(description="the tinker:// path")
+    sampler_uri: str | None = Field(default=None, description="the sampler weights saved at the same step")
     next_step: int
+    loss: float | None = Field(default=None, description="the training loss at this step")
+    val_loss: float | None = Field(default=None, description="the validation loss at this step, if measured")
+    eval_loss: float | None = Field(default=None, description="the auto-evaluation score (auto_eval): mean loss "
+                                    "per trained token of the sampler weights on the validation set")
     data: dict[str, Any]
     created_at: str | None
 

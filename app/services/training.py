@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select
@@ -12,7 +13,8 @@ from app.db import session_scope
 from app.errors import InvalidRequest, NotFound
 from app.models import Checkpoint, Job, Metric, new_id, row_dict, utcnow
 
-CHECKPOINT_COLUMNS = (Checkpoint.id, Checkpoint.step, Checkpoint.kind, Checkpoint.uri, Checkpoint.next_step,
+CHECKPOINT_COLUMNS = (Checkpoint.id, Checkpoint.step, Checkpoint.kind, Checkpoint.uri, Checkpoint.sampler_uri,
+                      Checkpoint.next_step, Checkpoint.loss, Checkpoint.val_loss, Checkpoint.eval_loss,
                       Checkpoint.data, Checkpoint.created_at)
 
 
@@ -39,10 +41,42 @@ def add_checkpoint(session: Session, *, job_id: str, step: int, kind: str, uri: 
 
 
 def owns_tinker_path(session: Session, *, team_id: str, uri: str) -> bool:
-    """Whether `uri` is one of the team's recorded checkpoints (a state, or the sampler weights a training job
-    saved at its end). One Tinker key serves every team, so a path is only usable by the team that made it."""
+    """Whether `uri` is one of the team's recorded checkpoints (a state or sampler weights). One Tinker key
+    serves every team, so a path is only usable by the team that made it."""
     return session.execute(select(Checkpoint.id).join(Job, Job.id == Checkpoint.job_id)
-                           .where(Checkpoint.uri == uri, Job.team_id == team_id).limit(1)).first() is not None
+                           .where(or_(Checkpoint.uri == uri, Checkpoint.sampler_uri == uri), Job.team_id == team_id)
+                           .limit(1)).first() is not None
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """What one checkpoint of a team can be used as: resumed or exported (`state_path`), sampled
+    (`sampler_path`); either is None when the run did not save it at that step."""
+
+    id: str
+    job_id: str
+    step: int
+    state_path: str | None
+    sampler_path: str | None
+
+
+def checkpoint_paths(session: Session, *, team_id: str, ref: str) -> CheckpointPaths:
+    """A checkpoint id of the team, or a tinker:// path (state or sampler) of one of its checkpoints → its
+    paths. A sampler row of an older run (kind "sampler") is paired with the state saved at the same step."""
+    query = select(Checkpoint).join(Job, Job.id == Checkpoint.job_id).where(Job.team_id == team_id)
+    if ref.startswith("tinker://"):
+        query = query.where(or_(Checkpoint.uri == ref, Checkpoint.sampler_uri == ref))
+    else:
+        query = query.where(Checkpoint.id == ref)
+    row = session.scalars(query.order_by(Checkpoint.created_at.desc()).limit(1)).first()
+    if row is None:
+        raise NotFound(f"No checkpoint {ref} in your team; checkpoint ids are listed at "
+                       "GET /v1/jobs/{id}/checkpoints.")
+    if row.kind != "sampler":
+        return CheckpointPaths(row.id, row.job_id, row.step, row.uri, row.sampler_uri)
+    state = session.scalar(select(Checkpoint.uri).where(Checkpoint.job_id == row.job_id, Checkpoint.step == row.step,
+                                                        Checkpoint.kind == "state").limit(1))
+    return CheckpointPaths(row.id, row.job_id, row.step, state, row.uri)
 
 
 def resolve_checkpoint(session: Session, *, team_id: str, ref: str) -> str:
