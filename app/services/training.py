@@ -94,6 +94,28 @@ def resolve_checkpoint(session: Session, *, team_id: str, ref: str) -> str:
     return uri
 
 
+def sampler_path(session: Session, *, team_id: str, ref: str) -> str:
+    """The sampler weights of a team's checkpoint (an id or a tinker:// path): what evaluation and chat sample."""
+    paths = checkpoint_paths(session, team_id=team_id, ref=ref)
+    if paths.sampler_path is None:
+        raise NotFound(f"Checkpoint {ref} (step {paths.step}) has no sampler weights: only its training state was "
+                       "saved. Use a checkpoint whose sampler_uri is set (GET /v1/jobs/{id}/checkpoints); "
+                       "sampler_every decides which steps save them.")
+    return paths.sampler_path
+
+
+def latest_sampler_path(session: Session, job_id: str, *, team_id: str) -> str | None:
+    """The newest sampler weights a job of the team saved (a finished run's final ones), or None."""
+    row = session.execute(
+        select(Checkpoint.kind, Checkpoint.uri, Checkpoint.sampler_uri).join(Job, Job.id == Checkpoint.job_id)
+        .where(Checkpoint.job_id == job_id, Job.team_id == team_id,
+               or_(Checkpoint.kind == "sampler", Checkpoint.sampler_uri.is_not(None)))
+        .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1)).first()
+    if row is None:
+        return None
+    return row.uri if row.kind == "sampler" else row.sampler_uri
+
+
 def list_checkpoints(session: Session, *, team_id: str, job_id: str, after: str | None = None,
                      limit: int | None = None) -> tuple[list[dict[str, Any]], bool]:
     """A page of a job's checkpoints in (step, id) order after the checkpoint `after`, and whether more follow."""
