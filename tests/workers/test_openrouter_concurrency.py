@@ -6,26 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from tests.fakes.openrouter_server import FakeOpenRouter
 from tests.workers.test_openrouter_client import MODEL, MSGS, item, make
 from workers.clients.openrouter import ChatResult, RateLimiter
-
-
-@pytest.fixture(scope="module")
-def _fake_server() -> Iterator[FakeOpenRouter]:
-    with FakeOpenRouter(seed=7) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake_openrouter(_fake_server: FakeOpenRouter) -> FakeOpenRouter:
-    _fake_server.reset(switches=True)
-    return _fake_server
-
 
 
 def test_rate_limiter_holds_50_rps_with_32_callers() -> None:
@@ -60,13 +46,13 @@ def test_rate_limiter_off_and_validation() -> None:
         RateLimiter(-1)
 
 
-def test_client_requests_are_paced_by_the_limiter(fake_openrouter: FakeOpenRouter) -> None:
-    fake_openrouter.configure(latency=0.05)
+def test_client_requests_are_paced_by_the_limiter(seeded_openrouter: FakeOpenRouter) -> None:
+    seeded_openrouter.configure(latency=0.05)
 
     async def go() -> float:
         limiter = RateLimiter(50)
         deadline = time.monotonic() + 2.0
-        async with make(fake_openrouter, limiter=limiter) as orc:
+        async with make(seeded_openrouter, limiter=limiter) as orc:
             async def worker(w: int) -> None:
                 i = 0
                 while time.monotonic() < deadline:
@@ -77,7 +63,7 @@ def test_client_requests_are_paced_by_the_limiter(fake_openrouter: FakeOpenRoute
         return time.monotonic()
 
     asyncio.run(go())
-    stamps = sorted(r["t"] for r in fake_openrouter.requests)
+    stamps = sorted(r["t"] for r in seeded_openrouter.requests)
     # The rate the server saw (without the limiter, 32 callers at 50 ms would make ~640 rps): requests over
     # their span, which a busy box waking a few paced sleepers late at once (bunching them) hardly moves.
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
@@ -85,14 +71,14 @@ def test_client_requests_are_paced_by_the_limiter(fake_openrouter: FakeOpenRoute
     assert 45 <= rate <= 55
 
 
-def test_32_callers_keep_32_requests_in_flight_on_32_reused_connections(fake_openrouter: FakeOpenRouter) -> None:
+def test_32_callers_keep_32_requests_in_flight_on_32_reused_connections(seeded_openrouter: FakeOpenRouter) -> None:
     """Concurrency is real: 32 callers have 32 requests at the server at once, each on its own kept-alive
     connection. (Items per second against the ideal is measured in bench/generation.py.)"""
-    fake_openrouter.configure(latency=0.2, cost_per_call=0.0001)
+    seeded_openrouter.configure(latency=0.2, cost_per_call=0.0001)
     concurrency, rounds = 32, 4
 
     async def go() -> None:
-        async with make(fake_openrouter) as orc:
+        async with make(seeded_openrouter) as orc:
             async def worker(w: int) -> None:
                 for i in range(rounds):
                     await orc.chat(MSGS, model=MODEL, extra_headers=item(f"tp-{w}-{i}"))
@@ -100,22 +86,22 @@ def test_32_callers_keep_32_requests_in_flight_on_32_reused_connections(fake_ope
             await asyncio.gather(*(worker(w) for w in range(concurrency)))
 
     asyncio.run(go())
-    assert fake_openrouter.total_calls == concurrency * rounds
-    assert fake_openrouter.max_in_flight == concurrency
-    assert len(fake_openrouter.connections) == concurrency  # kept alive: 128 calls on 32 connections
+    assert seeded_openrouter.total_calls == concurrency * rounds
+    assert seeded_openrouter.max_in_flight == concurrency
+    assert len(seeded_openrouter.connections) == concurrency  # kept alive: 128 calls on 32 connections
 
 
-def test_more_callers_than_connections(fake_openrouter: FakeOpenRouter) -> None:
-    fake_openrouter.configure(latency=0.1)
+def test_more_callers_than_connections(seeded_openrouter: FakeOpenRouter) -> None:
+    seeded_openrouter.configure(latency=0.1)
 
     async def go() -> list[ChatResult]:
-        async with make(fake_openrouter, max_connections=6) as orc:
+        async with make(seeded_openrouter, max_connections=6) as orc:
             return await asyncio.gather(*(orc.chat(MSGS, model=MODEL, extra_headers=item(f"m-{i}"))
                                           for i in range(30)))
 
     results = asyncio.run(go())
-    assert all(r.calls == 1 for r in results) and fake_openrouter.total_calls == 30
-    assert fake_openrouter.max_in_flight == 6  # the connection limit holds ...
-    per_connection = fake_openrouter.connections
+    assert all(r.calls == 1 for r in results) and seeded_openrouter.total_calls == 30
+    assert seeded_openrouter.max_in_flight == 6  # the connection limit holds ...
+    per_connection = seeded_openrouter.connections
     assert len(per_connection) == 6  # ... on six connections opened once each ...
     assert max(per_connection.values()) <= 6  # ... and the queue is spread over all six (30 / 6 = 5 each)
