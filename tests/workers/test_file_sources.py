@@ -8,7 +8,6 @@ import gc
 import json
 import pickle
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -16,19 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.workers.support import source_error
 from workers.sources import (
     SourceError,
     iter_csv,
     iter_file_rows,
     iter_jsonl,
 )
-
-
-def _err(it: Iterator[object]) -> SourceError:
-    with pytest.raises(SourceError) as info:
-        for _ in it:
-            pass
-    return info.value
 
 
 def _write_lines(path: Path, lines: list[bytes]) -> Path:
@@ -56,7 +49,7 @@ def test_unsupported_format(tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     for fmt in ("jsonl", "json", "parquet", "csv"):
-        assert _err(iter_file_rows(tmp_path / "gone", fmt)).code == "file_not_found"
+        assert source_error(iter_file_rows(tmp_path / "gone", fmt)).code == "file_not_found"
 
 
 # ----------------------------------------------------------------------------------------------------- JSONL
@@ -91,24 +84,24 @@ def test_jsonl_invalid_utf8_names_the_line_and_byte(tmp_path: Path) -> None:
     it = iter_jsonl(p)
     assert next(it) == (1, {"a": 1})
     assert next(it) == (2, {"a": 2})
-    err = _err(it)
+    err = source_error(it)
     assert err.code == "invalid_utf8" and err.line == 3
     assert "Line 3" in err.message and "byte 10" in err.message
 
 
 def test_jsonl_invalid_json_names_the_line(tmp_path: Path) -> None:
     p = _write_lines(tmp_path / "bad.jsonl", [b'{"a": 1}', b'{"a": 1,}'])
-    err = _err(iter_jsonl(p))
+    err = source_error(iter_jsonl(p))
     assert err.code == "invalid_json" and err.line == 2 and "Line 2" in err.message
 
 
 def test_jsonl_non_object_line(tmp_path: Path) -> None:
     p = _write_lines(tmp_path / "arr.jsonl", [b'{"a": 1}', b"[1,2]"])
-    err = _err(iter_jsonl(p))
+    err = source_error(iter_jsonl(p))
     assert err.code == "not_an_object" and err.line == 2
     assert "Line 2" in err.message and "array" in err.message
     p2 = _write_lines(tmp_path / "str.jsonl", [b'"hello"'])
-    assert "string" in _err(iter_jsonl(p2)).message
+    assert "string" in source_error(iter_jsonl(p2)).message
 
 
 def test_jsonl_huge_line_stops_early_with_flat_memory(tmp_path: Path) -> None:
@@ -125,7 +118,7 @@ def test_jsonl_huge_line_stops_early_with_flat_memory(tmp_path: Path) -> None:
     try:
         it = iter_file_rows(p, "jsonl")
         assert next(it) == (1, {"ok": 1})
-        err = _err(it)
+        err = source_error(it)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -136,17 +129,17 @@ def test_jsonl_huge_line_stops_early_with_flat_memory(tmp_path: Path) -> None:
 
 def test_jsonl_line_limit_is_configurable(tmp_path: Path) -> None:
     p = _write_lines(tmp_path / "a.jsonl", [b'{"a": 1}', b'{"a": "' + b"x" * 200 + b'"}', b'{"a": 3}'])
-    err = _err(iter_jsonl(p, max_line_bytes=100))
+    err = source_error(iter_jsonl(p, max_line_bytes=100))
     assert err.code == "line_too_long" and err.line == 2
     assert len(list(iter_jsonl(p, max_line_bytes=300))) == 3
 
 
 def test_jsonl_nesting_beyond_orjson_limit(tmp_path: Path) -> None:
     p = _write_lines(tmp_path / "deep.jsonl", [b'{"a": 1}', b'{"a": 2}', b"[" * 5000 + b"]" * 5000])
-    err = _err(iter_jsonl(p))
+    err = source_error(iter_jsonl(p))
     assert err.code == "too_deeply_nested" and err.line == 3 and "Line 3" in err.message
     p2 = _write_lines(tmp_path / "deep2.jsonl", [b"[" * 5000])  # unterminated as well
-    assert _err(iter_jsonl(p2)).code in {"too_deeply_nested", "invalid_json"}
+    assert source_error(iter_jsonl(p2)).code in {"too_deeply_nested", "invalid_json"}
 
 
 def test_jsonl_nesting_beyond_max_depth(tmp_path: Path) -> None:
@@ -156,7 +149,7 @@ def test_jsonl_nesting_beyond_max_depth(tmp_path: Path) -> None:
     p = _write_lines(tmp_path / "d.jsonl", [nested(64), nested(65)])
     it = iter_jsonl(p)
     assert next(it)[0] == 1
-    err = _err(it)
+    err = source_error(it)
     assert err.code == "too_deeply_nested" and err.line == 2
     assert len(list(iter_jsonl(p, max_depth=65))) == 2
     # Many brackets side by side are not deep.
@@ -178,22 +171,22 @@ def test_json_array_element_not_an_object(tmp_path: Path) -> None:
     p.write_text('[{"a": 1}, 5, {"a": 3}]')
     it = iter_file_rows(p, "json")
     assert next(it) == (1, {"a": 1})
-    err = _err(it)
+    err = source_error(it)
     assert err.code == "not_an_object" and err.line == 2 and "Element 2" in err.message
 
 
 def test_json_errors(tmp_path: Path) -> None:
     p = tmp_path / "a.json"
     p.write_text('[\n{"a": 1},\n{"a": }\n]')
-    err = _err(iter_file_rows(p, "json"))
+    err = source_error(iter_file_rows(p, "json"))
     assert err.code == "invalid_json" and "line 3" in err.message
 
     p.write_bytes(b'[\n{"a": 1},\n{"a": "\xff"}]')
-    err = _err(iter_file_rows(p, "json"))
+    err = source_error(iter_file_rows(p, "json"))
     assert err.code == "invalid_utf8" and "Line 3" in err.message
 
     p.write_text('"just a string"')
-    assert _err(iter_file_rows(p, "json")).code == "bad_file"
+    assert source_error(iter_file_rows(p, "json")).code == "bad_file"
 
     # Arrays stream, so size is no longer an error; a broken file over max_json_bytes names the element instead
     # of the line (tests/workers/test_streaming_readers.py).
@@ -201,7 +194,7 @@ def test_json_errors(tmp_path: Path) -> None:
     assert list(iter_file_rows(p, "json", max_json_bytes=500)) == [(1, {"a": "x" * 1000})]
 
     p.write_text("[" * 3000 + "]" * 3000)
-    assert _err(iter_file_rows(p, "json")).code == "too_deeply_nested"
+    assert source_error(iter_file_rows(p, "json")).code == "too_deeply_nested"
 
 
 def test_json_file_holding_json_lines(tmp_path: Path) -> None:
@@ -231,7 +224,7 @@ def test_parquet_streams_in_batches(tmp_path: Path) -> None:
 def test_parquet_corrupt_file(tmp_path: Path) -> None:
     p = tmp_path / "bad.parquet"
     p.write_bytes(b"this is not parquet at all" * 10)
-    err = _err(iter_file_rows(p, "parquet"))
+    err = source_error(iter_file_rows(p, "parquet"))
     assert err.code == "bad_file" and "Parquet" in err.message
 
 
@@ -241,7 +234,7 @@ def test_parquet_truncated_file(tmp_path: Path) -> None:
     data = good.read_bytes()
     bad = tmp_path / "cut.parquet"
     bad.write_bytes(data[: len(data) // 2])
-    assert _err(iter_file_rows(bad, "parquet")).code == "bad_file"
+    assert source_error(iter_file_rows(bad, "parquet")).code == "bad_file"
 
 
 # ------------------------------------------------------------------------------------------------------- CSV
@@ -271,7 +264,7 @@ def test_csv_invalid_utf8_names_the_line(tmp_path: Path) -> None:
     # Long lines first, so the text decoder's read-ahead is far past the row being parsed.
     lines = [b"a,b"] + [b"x" * 5000 + b"," + str(i).encode() for i in range(2, 40)] + [b"caf\xe9,1", b"ok,2"]
     _write_lines(p, lines)
-    err = _err(iter_file_rows(p, "csv"))
+    err = source_error(iter_file_rows(p, "csv"))
     assert err.code == "invalid_utf8" and err.line == 40 and "Line 40" in err.message
     assert "byte 3" in err.message
 
@@ -279,16 +272,16 @@ def test_csv_invalid_utf8_names_the_line(tmp_path: Path) -> None:
 def test_csv_field_too_large_names_the_line(tmp_path: Path) -> None:
     p = tmp_path / "a.csv"
     _write_lines(p, [b"a,b", b"1,2", b'"' + b"x" * 200_000 + b'",3'])
-    err = _err(iter_file_rows(p, "csv"))
+    err = source_error(iter_file_rows(p, "csv"))
     assert err.code == "bad_file" and err.line == 3 and "Line 3" in err.message
 
 
 def test_csv_structure_errors(tmp_path: Path) -> None:
     p = tmp_path / "a.csv"
     _write_lines(p, [b"a,b", b"1,2,3"])
-    err = _err(iter_csv(p))
+    err = source_error(iter_csv(p))
     assert err.code == "bad_file" and err.line == 2 and "3 fields" in err.message
     _write_lines(p, [b"a,a", b"1,2"])
-    assert _err(iter_csv(p)).code == "bad_file"
+    assert source_error(iter_csv(p)).code == "bad_file"
     _write_lines(p, [b"a,b", b"1," + b"x" * 500])
-    assert _err(iter_csv(p, max_line_chars=100)).code == "line_too_long"
+    assert source_error(iter_csv(p, max_line_chars=100)).code == "line_too_long"

@@ -12,25 +12,18 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.workers.support import source_error
 from workers.sources import (
     SourceError,
     iter_hub_rows,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _err(it: Iterator[object]) -> SourceError:
-    with pytest.raises(SourceError) as info:
-        for _ in it:
-            pass
-    return info.value
 
 
 # ------------------------------------------------------------------------------------------------------- Hub
@@ -66,7 +59,7 @@ def _point_hub_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
 def test_hub_offline_set_at_call_time(monkeypatch: pytest.MonkeyPatch, online_mode: None) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.monotonic()
-    err = _err(iter_hub_rows("org/name", config=None, split="train", revision=None, token=None))
+    err = source_error(iter_hub_rows("org/name", config=None, split="train", revision=None, token=None))
     assert err.code == "hub_unreachable" and not err.retryable
     assert "POST /v1/files" in err.message and "offline" in err.message
     _check_hub_error(err, "org/name", started)
@@ -103,7 +96,7 @@ def test_hub_unreachable_connection_refused(monkeypatch: pytest.MonkeyPatch, onl
         port = s.getsockname()[1]
     _point_hub_at(monkeypatch, f"http://127.0.0.1:{port}")
     started = time.monotonic()
-    err = _err(iter_hub_rows("org/name", config=None, split="train", revision=None, token="hf_SECRETxyz123456"))
+    err = source_error(iter_hub_rows("org/name", config=None, split="train", revision=None, token="hf_SECRETxyz123456"))
     assert err.code == "hub_unreachable" and err.retryable
     assert "SECRET" not in err.message
     _check_hub_error(err, "org/name", started)
@@ -116,7 +109,7 @@ def test_hub_unreachable_silent_endpoint_is_bounded(monkeypatch: pytest.MonkeyPa
     try:
         _point_hub_at(monkeypatch, f"http://127.0.0.1:{listener.getsockname()[1]}")
         started = time.monotonic()
-        err = _err(iter_hub_rows("org/name", config=None, split="train", revision=None, token=None,
+        err = source_error(iter_hub_rows("org/name", config=None, split="train", revision=None, token=None,
                                  connect_timeout=1.0))
         assert time.monotonic() - started < 5
         assert err.code == "hub_unreachable"
@@ -129,7 +122,7 @@ def test_hub_default_endpoint_without_network(online_mode: None) -> None:
     """The real endpoint: here there is no network (hub_unreachable); with network the repo does not exist."""
     name = "tuneq-tests-nonexistent/definitely-not-a-dataset-7f3a"
     started = time.monotonic()
-    err = _err(iter_hub_rows(name, config=None, split="train", revision=None, token=None))
+    err = source_error(iter_hub_rows(name, config=None, split="train", revision=None, token=None))
     assert err.code in {"hub_unreachable", "dataset_not_found"}
     _check_hub_error(err, name, started)
 
@@ -164,7 +157,7 @@ def test_hub_answers_are_mapped(monkeypatch: pytest.MonkeyPatch, online_mode: No
     try:
         _point_hub_at(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}")
         started = time.monotonic()
-        err = _err(iter_hub_rows("org/private", config=None, split="train", revision=None,
+        err = source_error(iter_hub_rows("org/private", config=None, split="train", revision=None,
                                  token="hf_SECRETxyz123456"))
         assert err.code == code, err.message
         assert "SECRET" not in err.message

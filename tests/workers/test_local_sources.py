@@ -5,7 +5,6 @@ Self-contained: every data file is made here under tmp_path; nothing needs the l
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -13,18 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.workers.support import source_error
 from workers.sources import (
     SourceError,
     iter_local_dataset_rows,
 )
-
-
-def _err(it: Iterator[object]) -> SourceError:
-    with pytest.raises(SourceError) as info:
-        for _ in it:
-            pass
-    return info.value
-
 
 # ------------------------------------------------------------------------------------- local Hub-shaped dirs
 
@@ -114,9 +106,9 @@ def test_local_dataset_yaml_configs_use_the_datasets_loader(tmp_path: Path) -> N
         # card
         """))
     assert list(iter_local_dataset_rows(root, split="train", config="chat")) == [(1, {"m": "hi"})]
-    err = _err(iter_local_dataset_rows(root, split="validation", config="chat"))
+    err = source_error(iter_local_dataset_rows(root, split="validation", config="chat"))
     assert err.code == "bad_split" and "train" in err.message
-    err = _err(iter_local_dataset_rows(root, split="train", config="nope"))
+    err = source_error(iter_local_dataset_rows(root, split="train", config="nope"))
     assert err.code == "bad_config" and "chat" in err.message
 
 
@@ -124,7 +116,7 @@ def test_local_dataset_bad_file_names_the_file(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     _jsonl(root / "train.jsonl", [{"x": 1}])
     (root / "test.parquet").write_bytes(b"not parquet")
-    err = _err(iter_local_dataset_rows(root, split="test"))
+    err = source_error(iter_local_dataset_rows(root, split="test"))
     assert err.code == "bad_file" and "test.parquet" in err.message
     assert str(tmp_path) not in err.message
 

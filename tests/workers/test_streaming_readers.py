@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from tests.workers.support import source_error
 from workers.sources import SourceError, iter_file_rows
 
 
@@ -22,13 +23,6 @@ def _peak(fn: Callable[[], Any]) -> tuple[Any, int]:
         return out, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-
-
-def _err(it: Iterator[object]) -> SourceError:
-    with pytest.raises(SourceError) as info:
-        for _ in it:
-            pass
-    return info.value
 
 
 def _big_array(path: Path, elements: int, tail: bytes = b"]") -> Path:
@@ -66,7 +60,7 @@ def test_json_array_stops_reading_when_the_caller_stops(tmp_path: Path) -> None:
     first = [next(it) for _ in range(3)]
     assert [n for n, _ in first] == [1, 2, 3]
     it.close()  # type: ignore[attr-defined]
-    err = _err(iter_file_rows(path, "json"))
+    err = source_error(iter_file_rows(path, "json"))
     assert err.code == "invalid_json"
 
 
@@ -82,7 +76,7 @@ def test_oversized_element_stops_early_with_flat_memory(tmp_path: Path) -> None:
     def read() -> SourceError:
         it = iter_file_rows(path, "json")
         assert next(it) == (1, {"ok": 1})
-        return _err(it)
+        return source_error(it)
 
     err, peak = _peak(read)
     assert err.code == "line_too_long" and err.line == 2
@@ -93,9 +87,9 @@ def test_oversized_element_stops_early_with_flat_memory(tmp_path: Path) -> None:
 def test_broken_array_over_the_diagnosis_size_names_the_element(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_bytes(b'[{"a": 1}, {"a": 2}, {"a": }]')
-    err = _err(iter_file_rows(path, "json", max_json_bytes=10))
+    err = source_error(iter_file_rows(path, "json", max_json_bytes=10))
     assert err.code == "invalid_json" and err.line == 3 and "element 3" in err.message
-    err = _err(iter_file_rows(path, "json"))  # small enough to name the line, as before
+    err = source_error(iter_file_rows(path, "json"))  # small enough to name the line, as before
     assert err.code == "invalid_json" and "line 1" in err.message
 
 
