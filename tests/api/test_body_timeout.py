@@ -13,8 +13,10 @@ from tests.api.local_api import local_api, new_key
 TIMEOUT = 1.0
 
 
-def _request(port: int, head: str, body: bytes) -> socket.socket:
+def _request(port: int, key: str, request_line: str, headers: list[str], body: bytes) -> socket.socket:
+    """Send the request line, Host and Authorization, `headers` and `body` (which may be less than declared)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = "\r\n".join([request_line, "Host: test", f"Authorization: Bearer {key}", *headers])
     sock.sendall(head.encode() + b"\r\n\r\n" + body)
     return sock
 
@@ -37,9 +39,8 @@ def _problem(raw: bytes) -> tuple[int, dict[str, str], dict]:
 def test_a_body_that_never_arrives_gets_408_and_the_connection_closes(backend: dict[str, str]) -> None:
     with local_api(body_timeout_seconds=TIMEOUT) as api:
         _, _, key = new_key()
-        sock = _request(api.port, "\r\n".join([
-            "POST /v1/jobs HTTP/1.1", "Host: test", f"Authorization: Bearer {key}",
-            "Content-Type: application/json", "Content-Length: 500"]), b'{"kind": "test", ')
+        sock = _request(api.port, key, "POST /v1/jobs HTTP/1.1",
+                        ["Content-Type: application/json", "Content-Length: 500"], b'{"kind": "test", ')
         with sock:
             raw = _read_all(sock)  # returns only because the server closed the connection
         status, headers, body = _problem(raw)
@@ -52,9 +53,8 @@ def test_a_whole_body_in_time_is_served_as_usual(backend: dict[str, str]) -> Non
     with local_api(body_timeout_seconds=TIMEOUT) as api:
         _, _, key = new_key()
         body = b'{"kind": "test", "spec": {"steps": 1}}'
-        sock = _request(api.port, "\r\n".join([
-            "POST /v1/jobs HTTP/1.1", "Host: test", f"Authorization: Bearer {key}", "Connection: close",
-            "Content-Type: application/json", f"Content-Length: {len(body)}"]), body)
+        sock = _request(api.port, key, "POST /v1/jobs HTTP/1.1", [
+            "Connection: close", "Content-Type: application/json", f"Content-Length: {len(body)}"], body)
         with sock:
             raw = _read_all(sock)
         assert raw.startswith(b"HTTP/1.1 201")
@@ -63,9 +63,8 @@ def test_a_whole_body_in_time_is_served_as_usual(backend: dict[str, str]) -> Non
 def test_an_upload_may_be_slow_but_not_idle(backend: dict[str, str]) -> None:
     with local_api(body_timeout_seconds=TIMEOUT) as api:
         _, _, key = new_key()
-        sock = _request(api.port, "\r\n".join([
-            "POST /v1/files?name=slow.jsonl HTTP/1.1", "Host: test", f"Authorization: Bearer {key}",
-            "Content-Type: application/octet-stream", "Content-Length: 100000"]), b"")
+        sock = _request(api.port, key, "POST /v1/files?name=slow.jsonl HTTP/1.1",
+                        ["Content-Type: application/octet-stream", "Content-Length: 100000"], b"")
         with sock:
             started = time.monotonic()
             while time.monotonic() - started < 3 * TIMEOUT:  # longer than the limit in all, never idle that long
