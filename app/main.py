@@ -17,15 +17,28 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import artifacts, events, health, job_outputs, jobs, metrics, openapi, pipelines, webhooks
+from app.api import (
+    artifacts,
+    checkpoints,
+    events,
+    health,
+    job_outputs,
+    jobs,
+    metrics,
+    openapi,
+    pipelines,
+    webhooks,
+)
 from app.api.body_timeout import BodyTimeout
 from app.api.gate import AuthGate
 from app.api.responses import domain_problem, problem
 from app.db import DatabaseUnavailable, get_engine, is_transient
 from app.errors import DatabaseUnreachable, PayloadTooLarge, TuneqError
 from app.services.auth import KeyCache
+from app.services.chat import ChatSampler
 from app.services.event_hub import EventHub
 from app.services.job_reads import JobReader
+from app.services.ratelimit import Limiter
 from app.services.reaper import ReaperThread
 from app.services.watching import WatchLimits
 from app.settings import Settings, get_settings
@@ -156,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper.stopping.set()
         await app.state.event_hub.stop()
         await app.state.job_reader.close()
+        app.state.chat_sampler.close()
 
     app = FastAPI(title="tuneq", version="0.1.0", lifespan=lifespan,
                   description="Fine-tuning jobs for Qwen3 with LoRA on Tinker.")
@@ -163,12 +177,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.job_reader = JobReader(settings.resolved_database_url)
     app.state.event_hub = EventHub(settings.resolved_database_url)
     app.state.watch_limits = WatchLimits(settings.max_streams_per_key)
+    app.state.chat_sampler = ChatSampler(settings)  # Tinker clients are made on the first reply
+    app.state.chat_limiter = Limiter(settings.resolved_broker_url)
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(job_outputs.router)
+    app.include_router(checkpoints.router)
     app.include_router(artifacts.router)
     app.include_router(pipelines.router)
     app.include_router(webhooks.router)

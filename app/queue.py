@@ -30,7 +30,7 @@ from app.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 RUN_JOB = "tuneq.run_job"
-QUEUES = ("dataset", "generation", "training", "evaluation", "test")
+QUEUES = ("dataset", "generation", "training", "evaluation", "export", "test")
 
 PRIORITY_RESUMED = 0  # served first on Redis (see the module docstring)
 PRIORITY_NEW = 9  # the last step of any `priority_steps` that ends with 9, as kombu's default does

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-JOB_KINDS = ("dataset", "generation", "training", "evaluation")
+JOB_KINDS = ("dataset", "generation", "training", "evaluation", "export")
 
 
 class GenerationPrice(BaseModel):
@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     # A request body must arrive within this many seconds (408 otherwise); uploads under /v1/files get it
     # as an idle limit between chunks instead.
     body_timeout_seconds: float = 30.0
+    # POST /v1/checkpoints/{ref}/chat (app/services/chat.py) samples one reply through Tinker from the API
+    # process: it answers 504 past this many seconds, and each API key may call it this often (on top of
+    # rate_limit; "" turns it off). Sampling clients stay open per weights path, the most recent few per process.
+    chat_timeout_seconds: float = Field(default=60.0, gt=0)
+    chat_rate_limit: str = "20/minute"
     # Rate limits and quotas (app/services/ratelimit.py), counted in the broker's Redis so every API process
     # shares them; "" turns a limit off. Requests per API key (a key's `rate_limit` column overrides it):
     rate_limit: str = "50/second;2000/minute"
@@ -99,6 +104,7 @@ class Settings(BaseSettings):
     stall_seconds_generation: float = 600.0
     stall_seconds_training: float = 1800.0
     stall_seconds_evaluation: float = 900.0
+    stall_seconds_export: float = 900.0
     stall_seconds_test: float = 60.0
     # On SIGTERM a worker gives its running jobs this long to checkpoint and hand back, then cancels what still
     # runs and returns those messages to the broker (compose's stop_grace_period must exceed it).

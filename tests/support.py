@@ -62,7 +62,7 @@ class Stack:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, concurrency: int = 2, queues: str = "dataset,generation,training,evaluation,test") -> (
+    def start_worker(self, concurrency: int = 2, queues: str = "dataset,generation,training,evaluation,export,test") -> (
         subprocess.Popen[bytes]
     ):
         """A real Celery worker in its own process group (so a test can kill it whole)."""

@@ -1,4 +1,5 @@
-"""What a running or finished job produced, by kind: generation items, training metrics and checkpoints."""
+"""What a running or finished job produced, by kind: generation items, evaluation samples, training metrics and
+checkpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from starlette.responses import Response, StreamingResponse
 
 from app.api.deps import CallerDep, SessionDep
 from app.api.responses import JSON
-from app.schemas.outputs import CheckpointsPage, ItemsPage, MetricsPage
+from app.schemas.outputs import CheckpointsPage, ItemsPage, MetricsPage, SamplesPage
+from app.services import evaluation as evaluation_service
 from app.services import generation as generation_service
 from app.services import training as training_service
 
@@ -43,21 +45,23 @@ def generation_items(
     return JSON({"data": data, "has_more": has_more, "next_cursor": data[-1]["index"] if has_more else None})
 
 
-@router.get("/jobs/{job_id}/metrics", response_model=MetricsPage)
-def training_metrics(
+@router.get("/jobs/{job_id}/samples", response_model=SamplesPage)
+def evaluation_samples(
     job_id: str,
     caller: CallerDep,
     session: SessionDep,
-    names: Names = None,
-    after_step: Step = -1,
-    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many steps")] = 1000,
+    model: Annotated[str | None, Query(max_length=1024, description="only this model's replies (its label)")] = None,
+    verdict: Literal["win", "tie", "loss", "error"] | None = None,
+    after: Annotated[str | None, Query(max_length=1100, description="a next_cursor")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Response:
-    """A training job's per-step metrics as series of [step, value], at most `limit` steps per page; the whole
-    history streams from `/metrics.jsonl` or `/metrics.csv`."""
-    series, next_cursor = training_service.metric_series(session, team_id=caller.team_id, job_id=job_id,
-                                                         names=_names(names), after_step=after_step, limit=limit)
-    return JSON({"job_id": job_id, "series": series, "has_more": next_cursor is not None,
-                 "next_cursor": next_cursor})
+    """An evaluation job's sampled replies side by side (prompt, reference, reply, the opponent's reply, the
+    judge's verdict and reason), in (row, model) order; e.g. `?model=ckpt_…&verdict=loss` to read what it lost."""
+    data, has_more = evaluation_service.list_samples(session, team_id=caller.team_id, job_id=job_id, model=model,
+                                                     verdict=verdict, after=after, limit=limit)
+    last = data[-1] if has_more else None
+    return JSON({"data": data, "has_more": has_more,
+                 "next_cursor": f"{last['row']}:{last['model']}" if last is not None else None})
 
 
 def _jsonl(job_id: str, names: list[str] | None, after_step: int) -> Iterator[bytes]:
@@ -76,6 +80,27 @@ def _csv(job_id: str, names: list[str] | None, after_step: int) -> Iterator[byte
 
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {"description": "every metric row in step order, streamed",
                      "content": {"application/x-ndjson": {}, "text/csv": {}}}}
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=MetricsPage, responses=_STREAM_DOC)
+def training_metrics(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    names: Names = None,
+    after_step: Step = -1,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many steps")] = 1000,
+    format: Annotated[Literal["csv", "jsonl"] | None, Query(
+        description="download the whole series (streamed) as CSV or JSONL instead of a page")] = None,
+) -> Response:
+    """A training job's per-step metrics as series of [step, value], at most `limit` steps per page; with
+    `format=csv|jsonl` (or at `/metrics.csv`, `/metrics.jsonl`) the whole history, streamed."""
+    if format is not None:
+        return training_metrics_download(job_id, format, caller, session, names, after_step)
+    series, next_cursor = training_service.metric_series(session, team_id=caller.team_id, job_id=job_id,
+                                                         names=_names(names), after_step=after_step, limit=limit)
+    return JSON({"job_id": job_id, "series": series, "has_more": next_cursor is not None,
+                 "next_cursor": next_cursor})
 
 
 @router.get("/jobs/{job_id}/metrics.{fmt}", response_class=StreamingResponse, responses=_STREAM_DOC)

@@ -58,7 +58,7 @@ def _jobs_page(team_id: str, **filters: Any) -> tuple[list[dict[str, Any]], bool
 @router.get("/jobs", response_model=JobList)
 async def list_jobs(
     caller: CallerDep,
-    kind: Literal["dataset", "generation", "training", "evaluation", "test"] | None = None,
+    kind: Literal["dataset", "generation", "training", "evaluation", "export", "test"] | None = None,
     status: Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     created_after: Annotated[datetime | None, Query(description="jobs created after this time (no zone = UTC)")
                              ] = None,

@@ -4,6 +4,7 @@ from app.models.api_key import ApiKey
 from app.models.artifact import Artifact
 from app.models.base import Base, db_now, new_id, row_dict, utcnow
 from app.models.checkpoint import Checkpoint
+from app.models.eval_sample import EvalSample
 from app.models.generation_item import GenerationItem
 from app.models.job import ACTIVE_STATUSES, TERMINAL_STATUSES, Job
 from app.models.job_dependency import JobDependency
@@ -21,6 +22,7 @@ __all__ = [
     "Artifact",
     "Base",
     "Checkpoint",
+    "EvalSample",
     "GenerationItem",
     "Job",
     "JobDependency",

@@ -1,4 +1,5 @@
-"""The evaluation job spec: the base model against LoRA sampler checkpoints on held-out conversations."""
+"""The evaluation job spec: the base model against LoRA sampler checkpoints on held-out conversations, with an
+optional judge model (over OpenRouter) that compares their replies."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from app.schemas.common import Name, RefOrOutput, StrictModel
+
+
+class JudgeSpec(StrictModel):
+    model: Name = Field(description="the judge's OpenRouter model id, e.g. openai/gpt-4o-mini")
+    rubric: str | None = Field(default=None, max_length=4000,
+                               description="what makes a reply better (default: helpful, correct, clear)")
+    against: Literal["base", "reference"] | None = Field(
+        default=None, description="what each model's reply is compared with: the base model's reply, or the "
+        "set's own reply (default: base when the base is evaluated, else reference)")
+    concurrency: int = Field(default=8, ge=1, le=64, description="judge requests in flight")
 
 
 class EvaluationSpec(StrictModel):
@@ -25,9 +36,20 @@ class EvaluationSpec(StrictModel):
     train_on: Literal["all_assistant", "last_assistant"] = Field(
         default="all_assistant", description="which assistant turns the loss is measured on")
     enable_thinking: bool = True
+    judge: JudgeSpec | None = Field(default=None, description="compare each model's sampled replies with the "
+                                    "base's (or the reference) by a judge model, in both orders")
 
     @model_validator(mode="after")
     def _something_to_evaluate(self) -> EvaluationSpec:
         if not self.include_base and not self.checkpoints and self.training_job is None:
             raise ValueError("nothing to evaluate: give checkpoints or training_job, or set include_base")
+        if self.judge is not None:
+            if not self.checkpoints and self.training_job is None:
+                raise ValueError("judge: there is no model to judge; give checkpoints or training_job")
+            if self.samples == 0:
+                raise ValueError("judge: the judge compares sampled replies; set samples to at least 1")
+            if self.judge.against is None:
+                self.judge.against = "base" if self.include_base else "reference"
+            elif self.judge.against == "base" and not self.include_base:
+                raise ValueError("judge.against 'base' needs include_base (the base model's replies)")
         return self

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from app.schemas.common import Label, Ref, StrictModel, WebhookUrl
 from app.schemas.datasets import DatasetSpec
 from app.schemas.evaluation import EvaluationSpec
+from app.schemas.export import ExportSpec
 from app.schemas.generation import GenerationSpec
 from app.schemas.training import TrainingSpec
 
@@ -60,8 +61,19 @@ class EvaluationJobCreate(JobCreateBase):
     spec: EvaluationSpec
 
 
+class ExportJobCreate(JobCreateBase):
+    kind: Literal["export"]
+    spec: ExportSpec
+
+
+class CheckpointExportCreate(JobCreateBase):
+    """POST /v1/checkpoints/{id}/export: the export job's options (all optional); its spec is the checkpoint
+    named in the path."""
+
+
 JobCreate = Annotated[
-    TestJobCreate | DatasetJobCreate | GenerationJobCreate | TrainingJobCreate | EvaluationJobCreate,
+    TestJobCreate | DatasetJobCreate | GenerationJobCreate | TrainingJobCreate | EvaluationJobCreate
+    | ExportJobCreate,
     Field(discriminator="kind"),
 ]
 

@@ -1,4 +1,5 @@
-"""Response bodies of a job's outputs: generation items, training metrics and checkpoints (paged)."""
+"""Response bodies of a job's outputs: generation items, evaluation samples, training metrics and checkpoints
+(paged)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,27 @@ class ItemsPage(BaseModel):
     data: list[ItemOut]
     has_more: bool
     next_cursor: int | None = Field(description="pass as ?after= for the next page")
+
+
+class SampleOut(BaseModel):
+    row: int = Field(description="the conversation's number in the evaluation set (0-based)")
+    model: str = Field(description="base, a checkpoint id or path, or a training job id")
+    messages: list[dict[str, Any]] | None = Field(description="the prompt: the conversation before the reply")
+    reference: str | None = Field(description="the set's own reply (null for a prompt-only conversation)")
+    reply: str | None = Field(description="the model's sampled reply")
+    opponent: str | None = Field(description="what the judge compared the reply with: base or reference")
+    opponent_reply: str | None
+    verdict: str | None = Field(description="win, tie or loss for this model (both orders combined); error when "
+                                "the judge's answer could not be read")
+    reason: str | None = Field(description="the judge's short reason")
+    mean_loss: float | None = Field(description="this conversation's loss per scored token under this model")
+    scored_tokens: int | None
+
+
+class SamplesPage(BaseModel):
+    data: list[SampleOut]
+    has_more: bool
+    next_cursor: str | None = Field(description="pass as ?after= for the next page")
 
 
 class MetricsPage(BaseModel):

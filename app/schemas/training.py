@@ -34,6 +34,12 @@ class TrainingSpec(StrictModel):
     enable_thinking: bool = True
     save_every: int = Field(default=20, ge=1, le=MAX_STEPS, description=f"1 ≤ steps ≤ {MAX_STEPS:,}")
     eval_every: int = Field(default=20, ge=0, le=MAX_STEPS, description="0 = only at the end")
+    sampler_every: int | None = Field(default=None, ge=0, le=MAX_STEPS, description="also save sampler weights "
+                                      "(sampleable, exportable) every N steps; default: with every save_every "
+                                      "checkpoint; 0 = only the final weights")
+    auto_eval: bool = Field(default=False, description="score every sampler checkpoint on validation_artifact "
+                            "(mean loss per trained token) while training continues; the result names "
+                            "best_checkpoint")
     seed: Seed = 0
     export_adapter: bool = Field(default=False, description="also export the final LoRA weights (Hugging Face "
                                  "format) and download them as `adapter` artifacts")
@@ -44,3 +50,15 @@ class TrainingSpec(StrictModel):
         if self.epochs is None and self.max_steps is None:
             self.epochs = 1
         return self
+
+    @model_validator(mode="after")
+    def _auto_eval_needs_validation(self) -> TrainingSpec:
+        if self.auto_eval and self.validation_artifact is None:
+            raise ValueError("auto_eval scores checkpoints on the validation set: set validation_artifact (a "
+                             "ChatML dataset artifact), or set auto_eval to false")
+        return self
+
+    @property
+    def sampler_interval(self) -> int:
+        """Steps between sampler checkpoints (0: only the final one)."""
+        return self.save_every if self.sampler_every is None else self.sampler_every

@@ -43,6 +43,9 @@ def estimate(session: Session, caller: Caller, kind: str, spec: Any, settings: S
         return training(session, caller, spec, settings, dry_run=dry_run)
     if kind == "evaluation":
         return evaluation(session, caller, spec, settings, dry_run=dry_run)
+    if kind == "export":
+        return base(notes=["An export trains nothing: it loads the checkpoint's state and downloads its weights; "
+                           "no cost is estimated for it."])
     if kind in ("generation", "dataset"):
         from app.services import estimates_data
 

@@ -8,11 +8,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidRequest
+from app.errors import InvalidRequest, NotFound
 from app.models import Artifact, Checkpoint, Job
 from app.schemas.common import OutputRef
 from app.schemas.jobs import JobCreateBase
-from app.services import dataset_checks, ownership, webhooks
+from app.services import dataset_checks, exports, ownership, webhooks
 from app.services import generation as generation_service
 from app.services import training as training_service
 from app.services.auth import Caller
@@ -36,6 +36,8 @@ def check_spec(session: Session, caller: Caller, kind: str, body: JobCreateBase,
         _check_training(session, caller, spec, settings)
     elif kind == "evaluation" and spec is not None:
         _check_evaluation(session, caller, spec, settings, body.depends_on)
+    elif kind == "export" and spec is not None:
+        exports.check_spec(session, caller, spec, settings)
 
 
 def _check_tinker(spec: Any, settings: Settings) -> None:
@@ -89,29 +91,29 @@ def _foreign_path(field: str, uri: str) -> str:
 def _check_evaluation(session: Session, caller: Caller, spec: Any, settings: Settings,
                       depends_on: list[str]) -> None:
     _check_tinker(spec, settings)
+    if spec.judge is not None and settings.openrouter_api_key is None:
+        raise InvalidRequest("spec.judge: the judge runs over OpenRouter, and this server has no OPENROUTER_API_KEY; "
+                             "ask an operator to set it, or submit without judge.",
+                             errors=[{"loc": ["body", "spec", "judge"], "msg": "no OPENROUTER_API_KEY"}])
     if not isinstance(spec.eval_artifact, OutputRef):
         _check_chatml(session, caller, spec.eval_artifact, "eval_artifact", need_rows=True)
     for i, ref in enumerate(spec.checkpoints):
         loc = ["body", "spec", "checkpoints", i]
         if isinstance(ref, OutputRef):
             continue
-        if ref.startswith("tinker://"):
-            if "/sampler_weights/" not in ref:
-                raise InvalidRequest(f"spec.checkpoints[{i}]: {ref} is not sampler weights (a path with "
-                                     "/sampler_weights/); use a training job's sampler_path.",
-                                     errors=[{"loc": loc, "msg": "not sampler weights"}])
-            if not training_service.owns_tinker_path(session, team_id=caller.team_id, uri=ref):
-                raise InvalidRequest(_foreign_path(f"spec.checkpoints[{i}]", ref),
-                                     errors=[{"loc": loc, "msg": "not your checkpoint"}])
-            continue
-        kind = session.scalar(select(Checkpoint.kind).join(Job, Job.id == Checkpoint.job_id).where(
-            Checkpoint.id == ref, Job.team_id == caller.team_id))
-        if kind is None:
+        if ref.startswith("tinker://") and not training_service.owns_tinker_path(session, team_id=caller.team_id,
+                                                                                 uri=ref):
+            raise InvalidRequest(_foreign_path(f"spec.checkpoints[{i}]", ref),
+                                 errors=[{"loc": loc, "msg": "not your checkpoint"}])
+        try:  # either layout: a state row with its sampler_uri, or an older run's row of kind "sampler"
+            paths = training_service.checkpoint_paths(session, team_id=caller.team_id, ref=ref)
+        except NotFound:
             raise InvalidRequest(f"spec.checkpoints[{i}]: no checkpoint {ref} in your team.",
-                                 errors=[{"loc": loc, "msg": "unknown checkpoint"}])
-        if kind != "sampler":
-            raise InvalidRequest(f"spec.checkpoints[{i}]: checkpoint {ref} is a training state, which cannot be "
-                                 "sampled; use the job's sampler checkpoint (GET /v1/jobs/{id}/checkpoints).",
+                                 errors=[{"loc": loc, "msg": "unknown checkpoint"}]) from None
+        if paths.sampler_path is None:
+            raise InvalidRequest(f"spec.checkpoints[{i}]: {ref} (step {paths.step}) is a training state, not sampler "
+                                 "weights, so it cannot be sampled; use a checkpoint whose sampler_uri is set "
+                                 "(GET /v1/jobs/{id}/checkpoints; sampler_every decides which steps save them).",
                                  errors=[{"loc": loc, "msg": "not a sampler checkpoint"}])
     if isinstance(spec.training_job, str):
         found = session.execute(select(Job.kind, Job.status).where(Job.id == spec.training_job,

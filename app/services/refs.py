@@ -22,6 +22,7 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "generation": ("id", "train_artifact", "artifact"),
     "training": ("id", "sampler_path", "state_path"),
     "evaluation": ("id",),
+    "export": ("id", "adapter_path"),
     "test": ("id",),
 }
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
@@ -33,11 +33,38 @@ def latest_checkpoint(session: Session, job_id: str, kind: str = "state", *, tea
 
 
 def add_checkpoint(session: Session, *, job_id: str, step: int, kind: str, uri: str, next_step: int,
-                   data: dict[str, Any]) -> str:
+                   data: dict[str, Any], sampler_uri: str | None = None, loss: float | None = None,
+                   val_loss: float | None = None) -> str:
     checkpoint_id = new_id("ckpt")
     session.execute(insert(Checkpoint).values(id=checkpoint_id, job_id=job_id, step=step, kind=kind, uri=uri,
-                                              next_step=next_step, data=data, created_at=utcnow()))
+                                              sampler_uri=sampler_uri, next_step=next_step, data=data, loss=loss,
+                                              val_loss=val_loss, created_at=utcnow()))
     return checkpoint_id
+
+
+def set_eval_loss(session: Session, checkpoint_id: str, eval_loss: float) -> None:
+    session.execute(update(Checkpoint).where(Checkpoint.id == checkpoint_id).values(eval_loss=eval_loss))
+
+
+@dataclass(frozen=True)
+class SamplerCheckpoint:
+    """A checkpoint of a job that can be sampled, with its auto-evaluation score (None until scored)."""
+
+    id: str
+    step: int
+    sampler_path: str
+    eval_loss: float | None
+
+
+def sampler_checkpoints(session: Session, job_id: str) -> list[SamplerCheckpoint]:
+    """A job's checkpoints with sampler weights (either layout), in step order."""
+    rows = session.execute(
+        select(Checkpoint.id, Checkpoint.step, Checkpoint.kind, Checkpoint.uri, Checkpoint.sampler_uri,
+               Checkpoint.eval_loss)
+        .where(Checkpoint.job_id == job_id, or_(Checkpoint.kind == "sampler", Checkpoint.sampler_uri.is_not(None)))
+        .order_by(Checkpoint.step, Checkpoint.created_at)).all()
+    return [SamplerCheckpoint(r.id, r.step, r.uri if r.kind == "sampler" else r.sampler_uri, r.eval_loss)
+            for r in rows]
 
 
 def owns_tinker_path(session: Session, *, team_id: str, uri: str) -> bool:

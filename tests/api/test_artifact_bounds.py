@@ -201,7 +201,11 @@ def test_metrics_download_streams_every_row(client: httpx.Client) -> None:
     assert len(lines) == 14
     csv = client.get(f"/v1/jobs/{job}/metrics.csv", params={"names": "lr", "after_step": 5})
     assert csv.text.splitlines() == ["step,name,value", "6,lr,0.6", "7,lr,0.7"]
+    same = client.get(f"/v1/jobs/{job}/metrics", params={"format": "csv", "names": "lr", "after_step": 5})
+    assert same.headers["content-type"].startswith("text/csv") and same.text == csv.text
+    assert client.get(f"/v1/jobs/{job}/metrics", params={"format": "jsonl"}).content == r.content
     assert client.get("/v1/jobs/job_nope/metrics.jsonl").status_code == 404
+    assert client.get("/v1/jobs/job_nope/metrics", params={"format": "csv"}).status_code == 404
     assert client.get(f"/v1/jobs/{job}/metrics.xml").status_code == 422
 
 

@@ -25,7 +25,7 @@ REFUSED = {404, 422}
 @pytest.fixture(scope="module")
 def teams(stack: Stack) -> Iterator[tuple[httpx.Client, TeamObjects, httpx.Client, TeamObjects]]:
     with unthrottled_client(stack.base_url) as a, unthrottled_client(stack.base_url) as b:
-        yield a, make_team_objects(a), b, make_team_objects(b, training=False)
+        yield a, make_team_objects(a), b, make_team_objects(b)  # B's checkpoint: an export body needs one
 
 
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +76,7 @@ def _base_bodies(b: TeamObjects) -> dict[str, dict[str, Any]]:
         "training": {"kind": "training", "spec": {"train_artifact": b.artifacts["train"], "batch_size": 4,
                                                   "validation_artifact": b.artifacts["validation"], "epochs": 1}},
         "evaluation": {"kind": "evaluation", "spec": {"eval_artifact": b.artifacts["validation"]}},
+        "export": {"kind": "export", "spec": {"checkpoint": b.checkpoints["state"]["id"]}},
     }
 
 
@@ -155,7 +156,7 @@ def test_no_job_spec_field_reaches_another_teams_objects(
                         b.post(f"/v1/jobs/{r.json()['id']}/cancel")
     for expected in ("depends_on", "spec.source.artifact_id", "spec.train_artifact", "spec.validation_artifact",
                      "spec.from_checkpoint", "spec.eval_artifact", "spec.checkpoints", "spec.training_job",
-                     "spec.source_artifact"):
+                     "spec.source_artifact", "spec.checkpoint"):
         assert expected in fields, f"{expected} not found among {sorted(fields)}"
     assert len(fields) >= MIN_ID_FIELDS and probes >= len(fields) * len(foreign)
     assert leaks == [], "\n".join(leaks)

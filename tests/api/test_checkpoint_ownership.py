@@ -112,3 +112,44 @@ def test_a_worker_never_resolves_another_teams_path() -> None:
         for ref in (theirs["sampler"], theirs["state"], theirs["state_id"]):
             with pytest.raises(NotFound):
                 training_service.resolve_checkpoint(session, team_id=b, ref=ref)
+
+
+@pytest.mark.usefixtures("backend")
+def test_sampler_weights_resolve_for_their_team_only_in_both_layouts() -> None:
+    """A checkpoint row with its sampler weights beside its state (as training records them now), a state-only
+    row, and an older run's separate sampler row: each resolves to what can be sampled, for its team only."""
+    from app.db import session_scope
+    from app.errors import NotFound
+    from app.models import Job
+    from app.services import auth
+    from app.services import training as training_service
+
+    run = uuid.uuid4().hex[:8]
+    state, sampler = f"tinker://run-{run}/weights/step-000005", f"tinker://run-{run}/sampler_weights/step-000005"
+    with session_scope() as session:
+        a = auth.get_or_create_team(session, f"team-{uuid.uuid4().hex[:8]}").id
+        b = auth.get_or_create_team(session, f"team-{uuid.uuid4().hex[:8]}").id
+        job = Job(team_id=a, kind="training", status="succeeded", spec={}, labels={})
+        session.add(job)
+        session.flush()
+        both = training_service.add_checkpoint(session, job_id=job.id, step=5, kind="state", uri=state,
+                                               sampler_uri=sampler, next_step=5, data={}, loss=1.5)
+        state_only = training_service.add_checkpoint(session, job_id=job.id, step=3, kind="state",
+                                                     uri=f"tinker://run-{run}/weights/step-000003", next_step=3,
+                                                     data={})
+    legacy = _training_with_checkpoints(a)
+    with session_scope() as session:
+        for ref in (both, state, sampler):
+            assert training_service.sampler_path(session, team_id=a, ref=ref) == sampler
+            with pytest.raises(NotFound):
+                training_service.sampler_path(session, team_id=b, ref=ref)
+        paths = training_service.checkpoint_paths(session, team_id=a, ref=sampler)
+        assert (paths.id, paths.state_path, paths.sampler_path) == (both, state, sampler)
+        with pytest.raises(NotFound, match="sampler_every"):
+            training_service.sampler_path(session, team_id=a, ref=state_only)
+        assert training_service.sampler_path(session, team_id=a, ref=legacy["sampler_id"]) == legacy["sampler"]
+        assert training_service.checkpoint_paths(session, team_id=a, ref=legacy["sampler"]).state_path == legacy["state"]
+        assert training_service.latest_sampler_path(session, job.id, team_id=a) == sampler
+        assert training_service.latest_sampler_path(session, job.id, team_id=b) is None
+        assert [(c.step, c.sampler_path, c.eval_loss) for c in training_service.sampler_checkpoints(session, job.id)
+                ] == [(5, sampler, None)]

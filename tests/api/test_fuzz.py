@@ -87,7 +87,9 @@ def _fuzz(stack: Stack, client: httpx.Client, objects: TeamObjects) -> tuple[int
     """(operations fuzzed, server errors, response-schema mismatches), printing the statuses seen."""
     schema = schemathesis.openapi.from_url(f"{stack.base_url}/openapi.json")
     auth = {"Authorization": client.headers["authorization"]}
-    real = {"job_id": list(objects.jobs.values()), "artifact_id": list(objects.artifacts.values())}
+    checkpoints = [c["id"] for c in objects.checkpoints.values()]
+    real = {"job_id": list(objects.jobs.values()), "artifact_id": list(objects.artifacts.values()),
+            "checkpoint_id": checkpoints, "ref": ["Qwen/Qwen3-8B", *checkpoints]}  # chat: a base model too
     ids = _real_ids(objects)
     server_errors: list[str] = []
     nonconforming: Counter[str] = Counter()

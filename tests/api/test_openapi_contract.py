@@ -74,3 +74,15 @@ def test_real_error_bodies_match_the_declared_schema(stack: Stack, client: httpx
     malformed = client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
     assert malformed.status_code == 400
     _problem_validator(spec, "post", "/v1/jobs", 400).validate(malformed.json())
+
+
+def test_checkpoint_routes_declare_what_only_they_answer(stack: Stack) -> None:
+    spec = _spec(stack)
+    chat = spec["paths"]["/v1/checkpoints/{ref}/chat"]["post"]
+    export = spec["paths"]["/v1/checkpoints/{checkpoint_id}/export"]["post"]
+    for op, status in ((chat, "504"), (export, "409")):
+        assert op["responses"][status]["content"]["application/problem+json"]["schema"] == {
+            "$ref": "#/components/schemas/Problem"}
+    assert "200" in chat["responses"] and "202" in export["responses"]
+    kinds = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "export" in kinds["discriminator"]["mapping"]

@@ -21,7 +21,10 @@ after its configured latency. Every ``optim_step`` appends a record to the run's
 fingerprint (``batch_fingerprint``) of all datums sent with ``forward_backward`` since the previous step.
 ``save_state`` writes parameters, Adam state and lineage to ``<state_dir>/checkpoints/...json`` (atomically),
 so a new process, or a new ``FakeTinker`` on the same directory, resumes from it with
-``create_training_client_from_state_with_optimizer``.
+``create_training_client_from_state_with_optimizer``. The ``user_metadata`` a run was created with (by
+``create_lora_training_client`` or from a state) is kept: in ``run_metadata`` (one entry per run, in creation
+order), in the run's model info, and as ``run_user_metadata`` in each checkpoint it saves (for tests in another
+process).
 
 Adapter export. ``save_weights_external(name)`` (``POST /api/v1/save_weights_external``, ordered like any
 training request) writes the run's parameters as Hugging Face/PEFT-style files under
@@ -372,6 +375,7 @@ class _Model:
     t: int = 0
     lineage: list[dict[str, Any]] = field(default_factory=list)
     origin: str | None = None
+    user_metadata: dict[str, Any] | None = None  # the run's, as sent when it was created
     grad: np.ndarray | None = None
     pending: list[np.ndarray] = field(default_factory=list)
     pending_weight: float = 0.0
@@ -539,6 +543,7 @@ class FakeTinker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._base_cache: dict[str, tuple[np.ndarray, int]] = {}
         self.downloads: list[dict[str, Any]] = []  # GETs of signed adapter URLs, in arrival order
+        self.run_metadata: list[dict[str, Any] | None] = []  # user_metadata of each training run created
         self._export_server: _ExportServer | None = None
         self._export_lock = threading.Lock()
 
@@ -835,9 +840,16 @@ class FakeTinker:
         self.models[model_id] = model
         return model
 
+    def _note_run_metadata(self, model: _Model, metadata: dict[str, Any] | None) -> None:
+        """The run's user_metadata (what the Tinker console shows to trace a run back to its job): kept on the
+        model, in ``run_metadata`` and in each checkpoint it saves (``run_user_metadata``)."""
+        model.user_metadata = dict(metadata) if metadata else None
+        self.run_metadata.append(model.user_metadata)
+
     def _info(self, model: _Model) -> dict[str, Any]:
         return {"type": "get_info", "model_id": model.model_id, "is_lora": True, "lora_rank": model.lora_rank,
                 "model_name": model.base_model, "optimizer_config": {"type": "adamw"},
+                "user_metadata": model.user_metadata,
                 "model_data": {"arch": "qwen3", "model_name": model.base_model,
                                "tokenizer_id": model.base_model}}
 
@@ -856,7 +868,8 @@ class FakeTinker:
                     raise _UserError("Only the adamw optimizer is supported by the fake.")
                 if model_id in self.models:
                     raise _UserError(f"Model {model_id} already exists.")
-                self._new_model(model_id, create.base_model, create.lora_config.rank)
+                model = self._new_model(model_id, create.base_model, create.lora_config.rank)
+                self._note_run_metadata(model, create.user_metadata)
                 return "json", {"type": "create_model", "model_id": model_id}, {}
 
             self._schedule(req, run)
@@ -922,6 +935,7 @@ class FakeTinker:
             raise _UserError(f"Model {model_id} already exists.")
         model = self._new_model(model_id, base_model, int(record["lora_rank"]))
         self._restore(model, record, load.path, load.optimizer)
+        self._note_run_metadata(model, load.user_metadata)
         return "json", {"type": "load_weights", "path": load.path, "model_id": model_id}, {"path": load.path}
 
     # ---- training ops ----------------------------------------------------------------------------------------
@@ -1098,6 +1112,7 @@ class FakeTinker:
             "format": CHECKPOINT_FORMAT, "path": path, "kind": kind, "name": name, "model_id": model.model_id,
             "base_model": model.base_model, "lora_rank": model.lora_rank, "created_at": time.time(),
             "user_metadata": getattr(save, "user_metadata", None), "origin": model.origin,
+            "run_user_metadata": model.user_metadata,
             "params": model.params.tolist(), "lineage": model.lineage,
             "optimizer": ({"m": model.m.tolist(), "v": model.v.tolist(), "t": model.t}
                           if kind == "weights" else None),

@@ -46,7 +46,7 @@ def test_trained_checkpoint_beats_the_base_model_on_held_out_conversations(clien
     assert len(lines) == 3
     for line in lines:
         assert line["messages"][-1]["role"] == "user" and line["reference"].startswith("Think about")
-        assert set(line["replies"]) == {"base", training["id"]}
+        assert set(line["replies"]) == {"base", training["id"]} and line["verdicts"] == {}  # no judge asked
 
     events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
     assert [e["data"]["label"] for e in events if e["type"] == "model_scored"] == ["base", training["id"]]
@@ -55,10 +55,11 @@ def test_trained_checkpoint_beats_the_base_model_on_held_out_conversations(clien
 
 def test_wrong_inputs_are_refused_with_what_to_fix(client: httpx.Client) -> None:
     dataset = make_dataset(client, rows=12, validation_rows=0)
-    training = wait(client, submit(client, dataset, epochs=1, save_every=1)["id"])
+    # sampler_every=0: sampler weights only at the end, so the run's first states cannot be sampled
+    training = wait(client, submit(client, dataset, epochs=1, save_every=1, sampler_every=0)["id"])
     assert training["status"] == "succeeded", training["error"]
     state = next(c for c in client.get(f"/v1/jobs/{training['id']}/checkpoints").json()["data"]
-                 if c["kind"] == "state")
+                 if c["kind"] == "state" and c["sampler_uri"] is None)
     upload = client.post("/v1/files", params={"name": "raw.jsonl"}, content=b'{"q": "a"}\n').json()
     art = dataset["train_artifact"]
     cases = [
@@ -69,6 +70,13 @@ def test_wrong_inputs_are_refused_with_what_to_fix(client: httpx.Client) -> None
         ({"eval_artifact": upload["id"]}, "spec.eval_artifact", "not a ChatML dataset"),
         ({"eval_artifact": art, "include_base": False}, "nothing to evaluate", ""),
         ({"eval_artifact": art, "base_model": "Qwen/Qwen9-1T"}, "spec.base_model", "not supported"),
+        ({"eval_artifact": art, "judge": {"model": "m"}}, "judge: there is no model to judge", ""),
+        ({"eval_artifact": art, "training_job": training["id"], "samples": 0, "judge": {"model": "m"}},
+         "set samples to at least 1", ""),
+        ({"eval_artifact": art, "training_job": training["id"], "include_base": False,
+          "judge": {"model": "m", "against": "base"}}, "needs include_base", ""),
+        ({"eval_artifact": art, "training_job": training["id"], "judge": {"model": "m", "api_key": "sk"}},
+         "api_key", "Extra inputs"),
     ]
     slow = submit(client, dataset, epochs=50)  # still running when the evaluation is submitted
     cases.append(({"eval_artifact": art, "training_job": slow["id"]}, "spec.training_job", "add it to depends_on"))

@@ -66,18 +66,38 @@ def test_dataset_to_training_with_metrics_checkpoints_and_sampler(stack: Stack, 
     assert lrs[0] == pytest_approx(4.73e-4) and lrs == sorted(lrs, reverse=True)  # linear decay
 
     checkpoints = client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
-    states = [c for c in checkpoints if c["kind"] == "state"]
-    assert [c["step"] for c in states] == [3, 6, 9, 12, 15, 18, 20]
-    assert all(c["next_step"] == c["step"] and c["uri"].startswith("tinker://") for c in states)
-    assert [c["uri"] for c in checkpoints if c["kind"] == "sampler"] == [result["sampler_path"]]
+    assert {c["kind"] for c in checkpoints} == {"state"}  # one row per step: its state and sampler weights
+    assert [c["step"] for c in checkpoints] == [3, 6, 9, 12, 15, 18, 20]  # sampler_every: with each save_every
+    assert all(c["next_step"] == c["step"] and c["uri"].startswith("tinker://") for c in checkpoints)
+    assert all(c["sampler_uri"].startswith("tinker://") and c["sampler_uri"] != c["uri"] for c in checkpoints)
+    assert checkpoints[-1]["uri"] == result["state_path"] and checkpoints[-1]["sampler_uri"] == result["sampler_path"]
+    losses = dict(series["loss"])
+    assert [c["loss"] for c in checkpoints] == pytest_approx([losses[c["step"]] for c in checkpoints])
+    assert [c["step"] for c in checkpoints if c["val_loss"] is not None] == [12, 20]  # where validation ran
+    assert checkpoints[-1]["val_loss"] == pytest_approx(series["val_loss"][-1][1])
+    assert all(c["eval_loss"] is None for c in checkpoints) and "best_checkpoint" not in result  # no auto_eval
     assert len(fake_lineage(stack, result["state_path"])) == 20
+    # The Tinker run names its job and team (what the Tinker console shows to trace it back).
+    state_dir = json.loads(stack.env["TUNEQ_TINKER_FAKE_CONFIG"])["state_dir"]
+    assert read_checkpoint(state_dir, result["state_path"])["run_user_metadata"] == {
+        "tuneq_job_id": job["id"], "tuneq_team_id": team_of(job["id"])}
 
     events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
     progress = [e["data"] for e in events if e["type"] == "progress"]
     assert progress[-1]["done"] == 20 and "eta_seconds" in progress[-1]
 
 
-def pytest_approx(value: float) -> Any:
+def team_of(job_id: str) -> str:
+    from app.db import session_scope
+    from app.models import Job
+
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job.team_id
+
+
+def pytest_approx(value: Any) -> Any:
     import pytest
 
     return pytest.approx(value, rel=0.01)

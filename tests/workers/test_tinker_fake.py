@@ -533,3 +533,20 @@ def test_sampling_client_from_saved_weights(fake_tinker: FakeTinker) -> None:
     forward = training.forward([batch[0]], "cross_entropy").result(timeout=30)
     assert logprobs[1:] == pytest.approx(forward.loss_fn_outputs[0]["logprobs"].data, abs=1e-6)
     assert not math.isnan(sum(x for x in logprobs if x is not None))
+
+
+def test_runs_keep_the_user_metadata_they_were_created_with(tmp_path: Path) -> None:
+    fake = FakeTinker(state_dir=tmp_path)
+    service = fake.service_client()
+    tags = {"tuneq_job_id": "job_1", "tuneq_team_id": "team_1"}
+    training = service.create_lora_training_client(base_model=BASE, user_metadata=tags).result(timeout=30)
+    saved = training.save_state("step-1").result(timeout=30).path
+    assert training.get_info().model_data.model_name == BASE  # the model info still parses
+    resumed = service.create_training_client_from_state_with_optimizer(
+        saved, user_metadata={**tags, "tuneq_job_id": "job_2"}).result(timeout=30)
+    untagged = service.create_lora_training_client(base_model=BASE).result(timeout=30)
+    assert fake.run_metadata == [tags, {**tags, "tuneq_job_id": "job_2"}, None]
+    assert read_checkpoint(tmp_path, saved)["run_user_metadata"] == tags
+    assert read_checkpoint(tmp_path, resumed.save_state("again").result(timeout=30).path)["run_user_metadata"] == {
+        **tags, "tuneq_job_id": "job_2"}
+    assert untagged.model_id not in {training.model_id, resumed.model_id}

@@ -21,7 +21,9 @@ import hashlib
 import logging
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
+
+from app.services.ratelimit import redis_url
 
 log = logging.getLogger(__name__)
 
@@ -148,3 +150,14 @@ class Pacer:
             await self.job.acquire()
         if self.key is not None:
             await self.key.acquire()
+
+
+def server_key_limiter(settings: Any, api_key: str) -> Limiter | None:
+    """The server key's rate (TUNEQ_OPENROUTER_REQUESTS_PER_SECOND), shared through the broker's Redis by every
+    job and worker that calls the provider with that key (generation, the evaluation judge), if one is set."""
+    rps, url = settings.openrouter_requests_per_second, redis_url(settings.resolved_broker_url)
+    if not rps:
+        return None
+    if url is None:  # a broker that is not Redis: this process alone
+        return RateLimiter(rps)
+    return SharedRateLimiter(url, key_id(settings.openrouter_base_url, api_key), rps)

@@ -1,6 +1,7 @@
-"""Adapter export for training jobs (`export_adapter`): the final LoRA weights are exported
-(`save_weights_external`), their signed URLs fetched (`RestClient.get_external_weights_urls`) and each file
-downloaded into the artifact store as an `adapter` artifact of the attempt (docs/tinker-sdk-notes.md).
+"""Adapter export: a training client's LoRA weights are exported (`save_weights_external`), their signed URLs
+fetched (`RestClient.get_external_weights_urls`) and each file downloaded into the artifact store as an `adapter`
+artifact of the attempt (docs/tinker-sdk-notes.md). Used by training jobs (`export_adapter`, the final weights)
+and by export jobs (any checkpoint, workers/pipelines/export.py).
 """
 
 from __future__ import annotations
@@ -81,10 +82,13 @@ def _download(http: httpx.Client, url: str, file: str, writer: artifacts_service
                        "The job will be retried.") from None
 
 
-def export_adapter(service: Any, client: Any, ctx: JobContext, total_steps: int) -> dict[str, Any]:
-    """Export the final LoRA weights in Hugging Face format and store every file as an `adapter` artifact."""
+def export_adapter(service: Any, client: Any, ctx: JobContext, total_steps: int, *, which: str = "final",
+                   report_progress: bool = False) -> dict[str, Any]:
+    """Export the client's LoRA weights (`which`: "final", or the step a checkpoint was saved at) in Hugging Face
+    format and store every file as an `adapter` artifact; with `report_progress`, the job's progress counts the
+    files downloaded (an export job's whole work; a training job keeps its step count)."""
     path = result_of(client.save_weights_external(f"adapter-{total_steps:06d}"), ctx,
-                     "save_weights_external (final)").path
+                     f"save_weights_external ({which})").path
     urls: dict[str, str] = result_of(_rest_client(service, ctx).get_external_weights_urls(path), ctx,
                                      "get_external_weights_urls").urls
     names = {file: _adapter_file_name(file) for file in urls}
@@ -98,6 +102,8 @@ def export_adapter(service: Any, client: Any, ctx: JobContext, total_steps: int)
             ctx.write()
             touched = time.monotonic()
 
+    if report_progress:
+        ctx.progress(0, len(urls), "files downloaded")
     try:
         with httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as http:
             for file in sorted(urls):
@@ -112,6 +118,8 @@ def export_adapter(service: Any, client: Any, ctx: JobContext, total_steps: int)
                 suffix = names[file].suffix.lstrip(".").lower()
                 outputs.append({"kind": "adapter", "name": names[file].name, "writer": writer,
                                 "fmt": suffix or "bin", "rows": None, "meta": {"tinker_path": path}})
+                if report_progress:
+                    ctx.progress(len(outputs), len(urls), "files downloaded")
                 ctx.check()
     except BaseException:
         for output in outputs:  # committed files that will not be registered

@@ -22,10 +22,9 @@ from app.errors import InvalidRequest
 from app.schemas.generation import GenerationSpec
 from app.services import artifacts as artifacts_service
 from app.services import generation as generation_service
-from app.services.ratelimit import redis_url
 from app.services.transitions import LeaseLost
 from workers.clients.openrouter import OUTAGE_CODES, ChatResult, OpenRouterClient, OpenRouterError
-from workers.clients.pacing import Limiter, Pacer, RateLimiter, SharedRateLimiter, key_id
+from workers.clients.pacing import Pacer, RateLimiter, SharedRateLimiter, server_key_limiter
 from workers.clients.pricing import CostMeter
 from workers.errors import JobFailed
 from workers.lease import JobContext
@@ -137,16 +136,6 @@ def _outcome(index: int, *, status: str, calls: int, output: Any = None, error: 
     return out
 
 
-def _key_limiter(settings: Any, api_key: str) -> Limiter | None:
-    """The server key's rate, shared through the broker's Redis (workers/clients/pacing.py), if one is set."""
-    rps, url = settings.openrouter_requests_per_second, redis_url(settings.resolved_broker_url)
-    if not rps:
-        return None
-    if url is None:  # a broker that is not Redis: this process alone
-        return RateLimiter(rps)
-    return SharedRateLimiter(url, key_id(settings.openrouter_base_url, api_key), rps)
-
-
 def _cost_unknown(spec: GenerationSpec, base_url: str) -> OpenRouterError:
     return OpenRouterError(
         "cost_unknown",
@@ -236,7 +225,7 @@ async def _generate(spec: GenerationSpec, resolved: dict[str, Any],
 
     writer = GroupWriter(ctx, state, stop)
     api_key = settings.openrouter_api_key.get_secret_value()
-    key_limiter = _key_limiter(settings, api_key)
+    key_limiter = server_key_limiter(settings, api_key)
     pacer = Pacer(RateLimiter(spec.requests_per_second) if spec.requests_per_second else None, key_limiter)
     async with OpenRouterClient(api_key=api_key, base_url=settings.openrouter_base_url,
                                 app_name=settings.openrouter_app_name, referer=settings.openrouter_referer,

@@ -23,6 +23,15 @@ back to resume elsewhere without spending an attempt.
 The run holds the byte offsets of its rows, not the rows: each batch is read by offset when it is built
 (workers/pipelines/rows.py), so the same seed gives the same batches whatever the dataset's size.
 
+Checkpoints: one row per saved step. `save_state` runs every `save_every` steps and at every sampler step;
+`save_weights_for_sampler` every `sampler_every` steps (default: with each state) and at the end; both are
+submitted before the next step, and the row lists both paths with the step's training and validation loss.
+With `auto_eval`, each sampler checkpoint is scored on the validation set while training continues
+(workers/pipelines/auto_eval.py) and the result names `best_checkpoint`.
+
+The Tinker run carries `user_metadata` with the job and team ids, so a run seen on the Tinker console can be
+traced back to its job.
+
 With `export_adapter`, the final LoRA weights are also exported (workers/pipelines/adapter_export.py).
 """
 
@@ -33,6 +42,8 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,6 +60,7 @@ from workers.clients.tinker import datum_from, lr_for, make_service_client, open
 from workers.errors import JobFailed, Preempted
 from workers.lease import JobContext
 from workers.pipelines.adapter_export import export_adapter
+from workers.pipelines.auto_eval import AutoEval, validation_set
 from workers.pipelines.rows import Fitted, Rows, fit_rows, load_dataset
 
 EVENT_SECONDS = 5.0
@@ -190,42 +202,70 @@ def run(spec_dict: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     ctx.update({"result": {"plan": plan.as_dict()}}, [("plan", plan.as_dict())])
 
     service = make_service_client(ctx.settings)
+    metadata = {"tuneq_job_id": ctx.job_id, "tuneq_team_id": ctx.team_id}  # shown on the Tinker console
     if resume is not None:
-        client = open_client(lambda: service.create_training_client_from_state_with_optimizer(resume.uri), ctx,
-                             f"loading checkpoint {resume.id} (step {resume.next_step})")
+        client = open_client(lambda: service.create_training_client_from_state_with_optimizer(
+            resume.uri, user_metadata=metadata), ctx, f"loading checkpoint {resume.id} (step {resume.next_step})")
         start = resume.next_step
         # metric k = after k steps: the steps after the checkpoint are redone
         ctx.write(lambda session: training_service.forget_metrics_from(session, ctx.job_id, start + 1),
                   events=[("resumed", {"from_step": start, "checkpoint": resume.id})])
     elif start_from is not None:
-        client = open_client(lambda: service.create_training_client_from_state(start_from), ctx,
-                             "loading spec.from_checkpoint")
+        client = open_client(lambda: service.create_training_client_from_state(start_from, user_metadata=metadata),
+                             ctx, "loading spec.from_checkpoint")
         start = 0
     else:
-        client = open_client(lambda: service.create_lora_training_client(base_model=spec.base_model,
-                                                                         rank=spec.rank, seed=spec.seed),
-                             ctx, "create_lora_training_client")
+        client = open_client(lambda: service.create_lora_training_client(
+            base_model=spec.base_model, rank=spec.rank, seed=spec.seed, user_metadata=metadata),
+            ctx, "create_lora_training_client")
         start = 0
-    result = _train(spec, plan, rows, val, client, start, ctx)
+    scorer = AutoEval(service, validation_set(spec, val_rows), ctx) if spec.auto_eval else None
+    if scorer is not None:
+        scorer.add_unscored()
+    try:
+        result = _train(spec, plan, rows, val, client, start, ctx, scorer)
+    finally:
+        if scorer is not None:
+            scorer.close()
     if spec.export_adapter:
         result.update(export_adapter(service, client, ctx, plan.total_steps))
     return result
 
 
-def _save(client: Any, ctx: JobContext, plan: Plan, step: int, reason: str) -> str:
-    path = result_of(client.save_state(f"step-{step:06d}"), ctx, f"save_state after step {step}").path
-    _record_checkpoint(ctx, plan, step, path, reason)
-    return path
-
-
-def _record_checkpoint(ctx: JobContext, plan: Plan, step: int, path: str, reason: str) -> None:
-    """A resumable checkpoint after `step` steps: the path exactly as Tinker returned it, and the plan it was
-    trained under (each checkpoint pins it, so the one a resume starts from can be checked on its own)."""
+def _record_checkpoint(ctx: JobContext, plan: Plan, step: int, saves: tuple[Any, Any],
+                       losses: Mapping[str, float | None], reason: str,
+                       scorer: AutoEval | None) -> tuple[str, str | None]:
+    """A resumable checkpoint after `step` steps, from the futures of its `save_state` and (when due) its
+    `save_weights_for_sampler`: the paths exactly as Tinker returned them, the step's losses, and the plan it was
+    trained under (each checkpoint pins it, so the one a resume starts from can be checked on its own). Sampler
+    weights go to the scorer. Its state and sampler paths."""
+    state, sampler = saves
+    path = result_of(state, ctx, f"save_state after step {step}").path
+    sampler_path = (result_of(sampler, ctx, f"save_weights_for_sampler after step {step}").path
+                    if sampler is not None else None)
     epoch, index = divmod(step, plan.steps_per_epoch)
-    ctx.write(lambda session: training_service.add_checkpoint(
-        session, job_id=ctx.job_id, step=step, kind="state", uri=path, next_step=step,
+    checkpoint_id = ctx.write(lambda session: training_service.add_checkpoint(
+        session, job_id=ctx.job_id, step=step, kind="state", uri=path, next_step=step, sampler_uri=sampler_path,
+        loss=_finite(losses.get("loss")), val_loss=_finite(losses.get("val_loss")),
         data={"epoch": epoch, "batch": index, "reason": reason, "plan": plan.as_dict()}),
-        events=[("checkpoint", {"step": step, "path": path, "reason": reason})])
+        events=[("checkpoint", {"step": step, "path": path, "sampler_path": sampler_path, "reason": reason})])
+    if scorer is not None and sampler_path is not None and checkpoint_id is not None:
+        scorer.add(checkpoint_id, step, sampler_path)
+    return path, sampler_path
+
+
+def _save_for_sampler(client: Any, name: str, ctx: JobContext) -> Any:
+    """`save_weights_for_sampler(name)`, in the run's request order at the point of the call. The SDK's public
+    method (tinker 0.38) takes its place in that order only when its coroutine starts on the SDK's thread, so the
+    next step, submitted at once from this thread, usually goes first and the "step k" weights would be step
+    k+1's. Its implementation method takes the place here; without it (another SDK) we wait for the save
+    instead: a round trip, but the right weights."""
+    impl = getattr(client, "_save_weights_for_sampler_impl", None)
+    if impl is not None:
+        return impl(name, None, None, "snapshot")
+    done: Future[Any] = Future()
+    done.set_result(result_of(client.save_weights_for_sampler(name), ctx, f"save_weights_for_sampler {name}"))
+    return done
 
 
 @dataclass
@@ -264,10 +304,11 @@ def _stop_reason(ctx: JobContext) -> str:
 
 
 def _train(spec: TrainingSpec, plan: Plan, rows: Rows, val: list[Batch], client: Any, start: int,
-           ctx: JobContext) -> dict[str, Any]:
+           ctx: JobContext, scorer: AutoEval | None = None) -> dict[str, Any]:
     """The loop. The service runs requests in submission order, so after step k's results arrive we submit,
-    in order: validation and `save_state` due after k steps, then step k+1; the local work for step k
-    (metrics, progress, checkpoint rows) and the rendering of step k+2 happen while step k+1 runs.
+    in order: validation, `save_state` and `save_weights_for_sampler` due after k steps, then step k+1; the
+    local work for step k (metrics, progress, checkpoint rows, collecting auto_eval scores) and the rendering
+    of step k+2 happen while step k+1 runs.
     Asked to stop, it submits no further step: it saves and records a checkpoint at k, then ends the run."""
     adam = spec.adam
     started = loop_started = time.monotonic()
@@ -293,8 +334,10 @@ def _train(spec: TrainingSpec, plan: Plan, rows: Rows, val: list[Batch], client:
         evaluate = bool(val and spec.eval_every and done % spec.eval_every == 0 and done < plan.total_steps
                         and stop_reason is None)
         val_futures = _validation_futures(client, val) if evaluate else []
-        save = (done % spec.save_every == 0 and done < plan.total_steps) or stop_reason is not None
+        sampler_due = bool(spec.sampler_interval and done % spec.sampler_interval == 0 and done < plan.total_steps)
+        save = (done % spec.save_every == 0 and done < plan.total_steps) or sampler_due or stop_reason is not None
         save_future = client.save_state(f"step-{done:06d}") if save else None
+        sampler_future = _save_for_sampler(client, f"step-{done:06d}", ctx) if sampler_due else None
         following = submit(done, upcoming) if upcoming is not None and stop_reason is None else None
 
         metrics = {"loss": loss, "lr": current.lr, "step_seconds": seconds, "tokens": float(current.batch.tokens),
@@ -309,8 +352,10 @@ def _train(spec: TrainingSpec, plan: Plan, rows: Rows, val: list[Batch], client:
                   {"progress": progress}, [("progress", progress)] if milestone else None)
         last_event = time.monotonic() if milestone else last_event
         if save_future is not None:
-            path = result_of(save_future, ctx, f"save_state after step {done}").path
-            _record_checkpoint(ctx, plan, done, path, stop_reason or "periodic")
+            _record_checkpoint(ctx, plan, done, (save_future, sampler_future), metrics, stop_reason or "periodic",
+                               scorer)
+        if scorer is not None:
+            scorer.poll()
         if stop_reason is not None:
             ctx.check()  # JobCancelled, or Preempted on shutdown: the checkpoint at `done` is recorded
             raise Preempted("shutdown", "the worker asked the job to stop")  # not reached: the stop is sticky
@@ -321,21 +366,20 @@ def _train(spec: TrainingSpec, plan: Plan, rows: Rows, val: list[Batch], client:
     if steps_run == 0:  # resumed from a checkpoint at the last step: the loss is the one recorded then
         loss = ctx.read(lambda session: training_service.metric_value(session, ctx.job_id, "loss",
                                                                       plan.total_steps)) or math.nan
-    final_state = _save(client, ctx, plan, plan.total_steps, "final")
-    sampler = result_of(client.save_weights_for_sampler(f"final-{plan.total_steps:06d}"), ctx,
-                        "save_weights_for_sampler (final)").path
+    saves = (client.save_state(f"step-{plan.total_steps:06d}"),
+             _save_for_sampler(client, f"final-{plan.total_steps:06d}", ctx))
     val_loss = _validation_loss(_validation_futures(client, val), val, ctx, plan.total_steps) if val else None
-
-    def record_final(session: Any) -> None:
-        training_service.add_checkpoint(session, job_id=ctx.job_id, step=plan.total_steps, kind="sampler",
-                                        uri=sampler, next_step=plan.total_steps, data={})
-        if val_loss is not None:
-            training_service.record_metrics(session, ctx.job_id, plan.total_steps, {"val_loss": val_loss})
-
-    ctx.write(record_final)
-    return {"plan": plan.as_dict(), "steps": plan.total_steps, "final_loss": _finite(loss),
-            "final_val_loss": _finite(val_loss), "state_path": final_state, "sampler_path": sampler,
-            "base_model": spec.base_model, "seconds_per_step": seconds_per_step}
+    if val_loss is not None:
+        ctx.write(functools.partial(training_service.record_metrics, job_id=ctx.job_id, step=plan.total_steps,
+                                    values={"val_loss": val_loss}))
+    final_state, sampler = _record_checkpoint(ctx, plan, plan.total_steps, saves,
+                                              {"loss": loss, "val_loss": val_loss}, "final", scorer)
+    result = {"plan": plan.as_dict(), "steps": plan.total_steps, "final_loss": _finite(loss),
+              "final_val_loss": _finite(val_loss), "state_path": final_state, "sampler_path": sampler,
+              "base_model": spec.base_model, "seconds_per_step": seconds_per_step}
+    if scorer is not None:
+        result["best_checkpoint"] = scorer.finish()
+    return result
 
 
 def _finite(value: float | None) -> float | None:
