@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean models
 
 # Set-up only; idempotent (re-installs when pyproject.toml changes).
 .venv: $(STAMP)
@@ -21,8 +21,8 @@ run: $(STAMP)
 	$(BIN)/tuneq run
 
 lint: $(STAMP)
-	$(BIN)/ruff check app workers tests bench migrations
-	$(BIN)/mypy app workers
+	$(BIN)/ruff check app workers tuneq tests bench migrations
+	$(BIN)/mypy app workers tuneq
 
 test: lint
 	$(BIN)/python -m pytest -q
@@ -32,6 +32,10 @@ BENCHES := $(filter-out bench/__init__.py bench/common.py bench/noop_app.py benc
 
 bench: $(STAMP)
 	@for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# tuneq/models.py from the server's OpenAPI; tests/cli/test_models.py fails until this is run after a schema change.
+models: $(STAMP)
+	$(BIN)/python -c 'from app.main import create_app; from tuneq.codegen import render; open("tuneq/models.py", "w").write(render(create_app().openapi()))'
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

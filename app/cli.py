@@ -37,9 +37,13 @@ def api(workers: int = typer.Option(1, help="uvicorn worker processes")) -> None
     """Serve the HTTP API."""
     import uvicorn
 
+    from app.logs import configure_logging
+
+    _metrics_dir()
     settings = get_settings()
+    configure_logging(settings)  # uvicorn's own lines (and its supervisor's, with --workers) as ours
     uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=workers,
-                log_level=settings.log_level.lower(), access_log=False)
+                log_level=settings.log_level.lower(), access_log=False, log_config=None)
 
 
 @cli.command()
@@ -197,6 +201,7 @@ def run() -> None:
 
     settings = get_settings()
     _private_var_dir()
+    _metrics_dir()  # the API and worker it starts share it
     services: list[Supervised] = []
     if not settings.broker_url:
         redis = Supervised("embedded Redis", lambda: start_redis(settings.embedded_redis_socket,
@@ -233,6 +238,25 @@ def run() -> None:
         service.terminate()
         service.wait()
     typer.echo("stopped")
+
+
+def _metrics_dir() -> None:
+    """Prometheus multiprocess mode for this process and those it starts (docs/architecture.md, "Logs and
+    metrics"): unless PROMETHEUS_MULTIPROC_DIR is set already (by the operator, or by the `tuneq run` that
+    started us), use <var_dir>/metrics, emptied first, since counts an earlier run left would be summed in.
+    Set before anything imports prometheus_client, which reads it once. Workers count nothing there (job facts
+    are read from SQL), so `tuneq worker` leaves the directory alone: emptying it under a running API would
+    unlink the files that API still writes to."""
+    settings = get_settings()
+    if settings.prometheus_multiproc_dir is not None:
+        return
+    _private_var_dir()
+    path = (settings.var_dir / "metrics").resolve()
+    path.mkdir(exist_ok=True)
+    for old in path.glob("*.db"):
+        old.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    get_settings.cache_clear()
 
 
 def _private_var_dir() -> None:

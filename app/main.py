@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from app.api.gate import AuthGate
 from app.api.responses import domain_problem, problem
 from app.db import DatabaseUnavailable, get_engine, is_transient
 from app.errors import DatabaseUnreachable, PayloadTooLarge, TuneqError
+from app.logs import configure_logging
 from app.services.auth import KeyCache
 from app.services.chat import ChatSampler
 from app.services.event_hub import EventHub
@@ -42,6 +44,7 @@ from app.services.ratelimit import Limiter
 from app.services.reaper import ReaperThread
 from app.services.watching import WatchLimits
 from app.settings import Settings, get_settings
+from app.telemetry import CallerContext, RequestTelemetry, process_exited
 
 log = logging.getLogger("tuneq.api")
 
@@ -152,6 +155,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -170,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.event_hub.stop()
         await app.state.job_reader.close()
         app.state.chat_sampler.close()
+        process_exited(settings.prometheus_multiproc_dir, os.getpid())
 
     app = FastAPI(title="tuneq", version="0.1.0", lifespan=lifespan,
                   description="Fine-tuning jobs for Qwen3 with LoRA on Tinker.")
@@ -192,6 +197,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)  # a truthful /openapi.json: bearer auth, problem+json errors
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)
-    # Outermost: key, scope and rate limit are checked before any body is read (app/api/gate.py).
+    app.add_middleware(CallerContext)  # inside the gate: it binds the team the gate found to the request's logs
+    # Key, scope and rate limit are checked before any body is read (app/api/gate.py).
     app.add_middleware(AuthGate, settings=settings, key_cache=app.state.key_cache)
+    # Outermost: a request id and a duration for every request, refused ones included.
+    app.add_middleware(RequestTelemetry)
     return app

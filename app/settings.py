@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,7 +84,15 @@ class Settings(BaseSettings):
     template_max_output_chars: int = 200_000  # rendered text, and the size of any value a template builds
     template_max_steps: int = 100_000  # loop iterations + calls + range() lengths, summed over one render
     template_max_seconds: float = 0.5  # one render's time (a normal prompt takes well under a millisecond)
+    # Logs (app/logs.py): one JSON object per line, or a readable line when stderr is a terminal ("auto");
+    # "json" or "console" force one. Keys and the secrets below are masked in either.
     log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    # Prometheus multiprocess mode (app/telemetry.py): every process of one machine writes its counters here and
+    # any API process sums them. `tuneq api|run|worker` set it to <var_dir>/metrics when unset and empty it at
+    # start; unset in a process started otherwise (one uvicorn process): counters stay in that process.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR"))
 
     # Delivery, leases and preemption (docs/architecture.md, "Lifecycle")
     heartbeat_seconds: float = 5.0

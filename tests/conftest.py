@@ -45,6 +45,7 @@ def _reset_postgres(url: str) -> None:
 @pytest.fixture(scope="session")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Migrated SQL and a running, empty Redis; this process's settings point at them."""
+    LOG_ROOTS.append(tmp_path_factory.getbasetemp())
     var = tmp_path_factory.mktemp("var")
     db_url = os.environ.get("TUNEQ_TEST_DATABASE_URL") or f"sqlite:///{var / 'tuneq.db'}"
     broker_url = os.environ.get("TUNEQ_TEST_BROKER_URL", "")
@@ -84,7 +85,29 @@ def _reload_settings() -> None:
     reset_sender()
 
 
-OPENROUTER_TEST_KEY = "sk-or-v1-tuneq-test-key-0123456789abcdef"
+# Also the suite's log canary: a fresh value each run that no log line of any process the suite starts may hold
+# (checked when the session ends, below).
+OPENROUTER_TEST_KEY = f"sk-or-v1-canary{uuid.uuid4().hex}"
+LOG_ROOTS: list[Path] = []  # where the processes the suite starts write their logs (the session's temp root)
+
+
+def log_files(root: Path) -> list[Path]:
+    """Every log the suite's API, worker and Redis processes wrote under `root` (tests/support.py names them
+    *.log)."""
+    return [path for path in root.rglob("*.log") if path.is_file()]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when the canary key appears in any log line of the whole suite (docs/architecture.md,
+    "Logs and metrics": keys are masked in every log line)."""
+    canary = OPENROUTER_TEST_KEY.encode()
+    leaks = [str(path) for root in LOG_ROOTS for path in log_files(root) if canary in path.read_bytes()]
+    if leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("\nthe OpenRouter key (canary) appears in these logs:\n  " + "\n  ".join(leaks),
+                                red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

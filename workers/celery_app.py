@@ -11,6 +11,7 @@ from typing import Any
 from billiard.process import active_children
 from celery import bootsteps
 from celery.signals import (
+    setup_logging,
     worker_init,
     worker_process_init,
     worker_ready,
@@ -20,6 +21,7 @@ from celery.signals import (
 from kombu import Queue
 
 from app.db import get_engine, reset_engine
+from app.logs import configure_logging
 from app.queue import QUEUES, make_celery
 from app.services.reaper import ReaperThread
 from app.settings import get_settings
@@ -68,6 +70,12 @@ class HealthFile(bootsteps.StartStopStep):
 
 
 celery.steps["consumer"].add(HealthFile)
+
+
+@setup_logging.connect
+def _logging(loglevel: str | int | None = None, **_: Any) -> None:
+    # Connected, so Celery leaves logging to us: JSON lines with the job's context (app/logs.py).
+    configure_logging(get_settings(), level=loglevel or None)
 
 
 @worker_init.connect

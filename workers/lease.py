@@ -117,12 +117,12 @@ class Heartbeats:
                     try:
                         ctx.beat()
                     except Exception:  # this thread must outlive any one job's trouble
-                        log.exception("job %s: heartbeat crashed", ctx.job_id)
+                        log.exception("job %s: heartbeat crashed", ctx.job_id, extra=ctx.log_context)
                 if ctx.abandoned_at is not None and now - ctx.abandoned_at > ABANDON_GRACE_SECONDS and _IN_POOL_CHILD:
                     # The pipeline is stuck in a call that never returns and cannot be interrupted; its job
                     # runs elsewhere already. Free this slot: Celery replaces a pool process that exits.
                     log.critical("job %s: pipeline still stuck %.0f s after its job was handed back; "
-                                 "exiting this pool process", ctx.job_id, now - ctx.abandoned_at)
+                                 "exiting this pool process", ctx.job_id, now - ctx.abandoned_at, extra=ctx.log_context)
                     logging.shutdown()
                     os._exit(75)
             with self._lock:
@@ -187,14 +187,17 @@ class JobContext:
                 elif run_statement(lambda db: transitions.heartbeat(db, self.job_id, self.token)):
                     self.cancel_requested.set()
             except LeaseLost:
-                log.warning("job %s: lease lost (another worker took over); stopping", self.job_id)
+                log.warning("job %s: lease lost (another worker took over); stopping", self.job_id,
+                            extra=self.log_context)
                 self._stop_beating()
             except Exception as exc:
-                log.warning("job %s: heartbeat failed (%s); will retry", self.job_id, type(exc).__name__)
+                log.warning("job %s: heartbeat failed (%s); will retry", self.job_id, type(exc).__name__,
+                            extra=self.log_context)
 
     def _hand_back_stalled(self, idle: float) -> None:
         waiting_on = self.waiting_on or f"the {self.claim.kind} pipeline's next step"
-        log.warning("job %s: no progress for %.0f s (waiting on %s); handing it back", self.job_id, idle, waiting_on)
+        log.warning("job %s: no progress for %.0f s (waiting on %s); handing it back", self.job_id, idle, waiting_on,
+                    extra=self.log_context)
         details = {"waiting_on": waiting_on, "seconds_without_progress": round(idle, 1),
                    "stall_limit_seconds": self.stall_seconds}
         requeued = run_statement(lambda db: transitions.hand_back(
@@ -208,6 +211,13 @@ class JobContext:
         self.lease_lost.set()
         self.beating = False
         self.abandoned_at = time.monotonic()
+
+    @property
+    def log_context(self) -> dict[str, Any]:
+        """The job's log fields, for lines written from the shared heartbeat thread (it serves every job of
+        this process, so it has no job bound)."""
+        return {"job_id": self.job_id, "attempt": self.claim.attempt, "team": self.claim.team_id,
+                "kind": self.claim.kind}
 
     # -- what pipelines call -------------------------------------------------------------------
     @property

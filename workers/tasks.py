@@ -15,6 +15,7 @@ from typing import Any
 
 from app.db import DatabaseUnavailable, is_transient, retry_transient, run_statement, session_scope
 from app.errors import TuneqError
+from app.logs import bind_job, clear_context
 from app.queue import RUN_JOB, enqueue
 from app.services import dependencies, transitions
 from app.services.transitions import LeaseLost, error_body
@@ -36,6 +37,8 @@ def run_job(job_id: str) -> None:
 def drive(job_id: str) -> None:
     """Run job `job_id` if we can claim it; a message for a job someone else owns is just acked."""
     settings = get_settings()
+    clear_context()
+    bind_job(job_id=job_id)
     try:
         claim = run_statement(lambda db: transitions.claim(db, job_id, owner=worker_identity(),
                                                            lease_seconds=settings.lease_seconds))
@@ -49,16 +52,20 @@ def drive(job_id: str) -> None:
         log.info("job %s: not claimable (already taken, finished, cancelled, not due, or over its team's running "
                  "cap, TUNEQ_MAX_RUNNING_PER_TEAM); ignoring wake-up", job_id)
         return
-    log.info("job %s: claimed (kind=%s attempt=%d preemptions=%d)", job_id, claim.kind, claim.attempt,
-             claim.preemptions)
-    with JobContext(claim, settings) as ctx:
-        try:
-            _record(ctx, _run(ctx))
-        except LeaseLost:
-            log.warning("job %s: lease lost; this worker stops without further writes", job_id)
-        except DatabaseUnavailable:
-            log.error("job %s: the database stayed unreachable; leaving the job to its lease (the reaper "
-                      "resumes it once the database is back)", job_id)
+    bind_job(job_id=job_id, attempt=claim.attempt, team=claim.team_id, kind=claim.kind)
+    try:
+        log.info("job %s: claimed (kind=%s attempt=%d preemptions=%d)", job_id, claim.kind, claim.attempt,
+                 claim.preemptions)
+        with JobContext(claim, settings) as ctx:
+            try:
+                _record(ctx, _run(ctx))
+            except LeaseLost:
+                log.warning("job %s: lease lost; this worker stops without further writes", job_id)
+            except DatabaseUnavailable:
+                log.error("job %s: the database stayed unreachable; leaving the job to its lease (the reaper "
+                          "resumes it once the database is back)", job_id)
+    finally:
+        clear_context()  # the pool process's next task is about another job
 
 
 Outcome = Callable[[Any], Any]  # given a connection, records how the run ended; returns wake-ups to send
