@@ -11,11 +11,11 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import orjson
 import pytest
 
 from app.services.chat import split_thinking
 from tests.conftest import make_client
+from tests.integration.test_training_jobs import make_dataset, submit, wait
 from tests.support import Stack, start_api_only
 
 BASE = "Qwen/Qwen3-8B"
@@ -41,19 +41,7 @@ def _chat(client: httpx.Client, ref: str, **body: Any) -> httpx.Response:
 def trained(stack: Stack) -> Iterator[tuple[httpx.Client, dict[str, Any]]]:
     """A client of a team with a finished short training run, and the run's checkpoint with sampler weights."""
     with make_client(stack.base_url) as client:
-        rows = b"".join(orjson.dumps({"messages": [
-            {"role": "user", "content": f"What is {i} plus {i}?"},
-            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
-        ]}) + b"\n" for i in range(12))
-        upload = client.post("/v1/files", params={"name": "chat.jsonl"}, content=rows).json()
-        dataset = client.post("/v1/jobs", json={"kind": "dataset", "spec": {
-            "source": {"type": "artifact", "artifact_id": upload["id"]}}}).json()
-        dataset = client.get(f"/v1/jobs/{dataset['id']}/wait", params={"timeout": 60}).json()
-        assert dataset["status"] == "succeeded", dataset["error"]
-        job = client.post("/v1/jobs", json={"kind": "training", "spec": {
-            "base_model": BASE, "train_artifact": dataset["result"]["train_artifact"], "rank": 8, "batch_size": 4,
-            "epochs": 1}}).json()
-        job = client.get(f"/v1/jobs/{job['id']}/wait", params={"timeout": 90}).json()
+        job = wait(client, submit(client, make_dataset(client, rows=12, validation_rows=0), rank=8, epochs=1)["id"])
         assert job["status"] == "succeeded", job["error"]
         checkpoints = client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
         sampleable = [c for c in checkpoints if c["kind"] == "sampler" or c.get("sampler_uri")]

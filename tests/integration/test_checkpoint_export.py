@@ -12,15 +12,13 @@ from typing import Any
 
 import httpx
 import numpy as np
-import orjson
 import pytest
 from safetensors.numpy import load as load_safetensors
 
 from tests.conftest import make_client
 from tests.fakes.tinker_fake import ADAPTER_TENSOR, read_checkpoint
+from tests.integration.test_training_jobs import make_dataset, submit, wait
 from tests.support import Stack
-
-BASE = "Qwen/Qwen3-8B"
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +31,8 @@ def export_worker(stack: Stack) -> Iterator[None]:
 
 def _trained(client: httpx.Client) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A finished training run saving a state every step, and its checkpoints."""
-    rows = b"".join(orjson.dumps({"messages": [
-        {"role": "user", "content": f"Name the colour number {i}."},
-        {"role": "assistant", "content": f"Colour {i} is {['red', 'green', 'blue'][i % 3]}."},
-    ]}) + b"\n" for i in range(12))
-    upload = client.post("/v1/files", params={"name": "colours.jsonl"}, content=rows).json()
-    dataset = client.post("/v1/jobs", json={"kind": "dataset", "spec": {
-        "source": {"type": "artifact", "artifact_id": upload["id"]}}}).json()
-    dataset = client.get(f"/v1/jobs/{dataset['id']}/wait", params={"timeout": 60}).json()
-    assert dataset["status"] == "succeeded", dataset["error"]
-    job = client.post("/v1/jobs", json={"kind": "training", "spec": {
-        "base_model": BASE, "train_artifact": dataset["result"]["train_artifact"], "rank": 8, "batch_size": 4,
-        "epochs": 1, "save_every": 1}}).json()
-    job = client.get(f"/v1/jobs/{job['id']}/wait", params={"timeout": 90}).json()
+    job = wait(client, submit(client, make_dataset(client, rows=12, validation_rows=0), rank=8, epochs=1,
+                              save_every=1)["id"])
     assert job["status"] == "succeeded", job["error"]
     return job, client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
 

@@ -3,7 +3,6 @@ OpenRouter (tests/fakes/judge.py); the samples route; prompt-only sets; per-exam
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,13 +17,6 @@ from tests.integration.test_training_jobs import make_dataset, submit, wait
 from tests.support import Stack, wait_until
 
 JUDGE = "openai/gpt-4o-mini"
-
-
-@pytest.fixture
-def fake(fake_openrouter: FakeOpenRouter) -> Iterator[FakeOpenRouter]:
-    fake_openrouter.reset(switches=True)
-    yield fake_openrouter
-    fake_openrouter.reset(switches=True)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,13 +13,6 @@ from app.chat import validate_conversation
 from tests.conftest import OPENROUTER_TEST_KEY
 from tests.fakes.openrouter_server import FakeOpenRouter
 from tests.support import Stack, wait_until
-
-
-@pytest.fixture
-def fake(fake_openrouter: FakeOpenRouter) -> Iterator[FakeOpenRouter]:
-    fake_openrouter.reset(switches=True)
-    yield fake_openrouter
-    fake_openrouter.reset(switches=True)
 
 
 def submit(client: httpx.Client, **spec: Any) -> dict[str, Any]:

@@ -38,13 +38,6 @@ def limited(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         stack.start_worker()
 
 
-@pytest.fixture
-def fake(fake_openrouter: FakeOpenRouter) -> Iterator[FakeOpenRouter]:
-    fake_openrouter.reset(switches=True)
-    yield fake_openrouter
-    fake_openrouter.reset(switches=True)
-
-
 def starts(fake: FakeOpenRouter, job_id: str) -> list[float]:
     """When the server received each request of the job (its own clock)."""
     return sorted(r["t"] for r in list(fake.requests) if r["headers"].get("x-tuneq-item", "").startswith(job_id))

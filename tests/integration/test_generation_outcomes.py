@@ -25,13 +25,6 @@ DIALOGUE = '{"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant
 
 
 @pytest.fixture
-def fake(fake_openrouter: FakeOpenRouter) -> Iterator[FakeOpenRouter]:
-    fake_openrouter.reset(switches=True)
-    yield fake_openrouter
-    fake_openrouter.reset(switches=True)
-
-
-@pytest.fixture
 def tinker_faults(stack: Stack, tmp_path: Path) -> Iterator[StartWorker]:
     """`start(faults)`: replace the shared worker by one whose fake Tinker injects `faults`; restored after."""
     stack.stop_workers()

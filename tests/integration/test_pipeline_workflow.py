@@ -4,22 +4,13 @@ provenance → training → evaluation (examples/stage1_pipeline.yaml is the sam
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from tests.fakes.openrouter_server import FakeOpenRouter
 from tests.support import wait_until
-
-
-@pytest.fixture
-def fake(fake_openrouter: FakeOpenRouter) -> Iterator[FakeOpenRouter]:
-    fake_openrouter.reset(switches=True)
-    yield fake_openrouter
-    fake_openrouter.reset(switches=True)
 
 
 def upload(client: httpx.Client, name: str, rows: list[dict[str, Any]]) -> str:
