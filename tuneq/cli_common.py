@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 
 from tuneq import config
 from tuneq.client import Client
@@ -37,6 +38,12 @@ def console(*, err: bool = False) -> Console:
 
 def styled(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'default')}]{status}[/]"
+
+
+def id_table(rows: Sequence[Mapping[str, object]], *headers: str) -> Table:
+    """A table whose first column holds the rows' ids, wide enough never to be cut (they are copied into commands)."""
+    width = max((len(str(row["id"])) for row in rows), default=2)
+    return Table(Column("id", no_wrap=True, min_width=width), *headers, header_style="bold")
 
 
 def open_client() -> Client:

@@ -9,13 +9,13 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.table import Column, Table
 
 from tuneq.cli_common import (
     JOB_ENDED_BADLY,
     JsonOption,
     console,
     handles_errors,
+    id_table,
     open_client,
     print_json,
     styled,
@@ -55,9 +55,7 @@ def list_jobs(
     if as_json:
         print_json(page)
         return
-    table = Table("kind", "status", "progress", "created", "labels", header_style="bold")
-    ids = [job["id"] for job in page["data"]]
-    table.columns.insert(0, Column("id", no_wrap=True, min_width=max(map(len, ids), default=2)))  # never cut
+    table = id_table(page["data"], "kind", "status", "progress", "created", "labels")
     for job in page["data"]:
         progress = job.get("progress") or {}
         done = f"{progress.get('done', '')}/{progress.get('total') or '?'}" if progress else ""

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Column, Table
+from rich.table import Table
 
-from tuneq.cli_common import JsonOption, console, handles_errors, open_client, print_json
+from tuneq.cli_common import JsonOption, console, handles_errors, id_table, open_client, print_json
 
 files = typer.Typer(help="Upload and list dataset files.", no_args_is_help=True)
 artifacts = typer.Typer(help="List, download, preview and render job outputs.", no_args_is_help=True)
@@ -37,9 +37,7 @@ def upload(
 
 
 def _artifact_table(rows: list[dict[str, object]]) -> Table:
-    table = Table("kind", "name", "format", "rows", "bytes", "status", header_style="bold")
-    ids = [str(a["id"]) for a in rows]
-    table.columns.insert(0, Column("id", no_wrap=True, min_width=max(map(len, ids), default=2)))  # never cut
+    table = id_table(rows, "kind", "name", "format", "rows", "bytes", "status")
     for a in rows:
         table.add_row(*(str(a.get(c) if a.get(c) is not None else "") for c in
                         ("id", "kind", "name", "format", "rows", "bytes", "status")))
@@ -127,9 +125,7 @@ def list_checkpoints(job_id: str = typer.Argument(..., help="a training job"), a
     if as_json:
         print_json(page)
         return
-    table = Table("step", "kind", "loss", "val_loss", "chat", header_style="bold")
-    ids = [c["id"] for c in page["data"]]
-    table.columns.insert(0, Column("id", no_wrap=True, min_width=max(map(len, ids), default=2)))  # never cut
+    table = id_table(page["data"], "step", "kind", "loss", "val_loss", "chat")
     for c in page["data"]:
         sampleable = c["kind"] == "sampler" or bool(c.get("sampler_uri"))
         table.add_row(c["id"], str(c["step"]), c["kind"], _number(c.get("loss")), _number(c.get("val_loss")),
