@@ -28,6 +28,7 @@ from app.api import (
     metrics,
     openapi,
     pipelines,
+    ui,
     webhooks,
 )
 from app.api.body_timeout import BodyTimeout
@@ -194,6 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(artifacts.router)
     app.include_router(pipelines.router)
     app.include_router(webhooks.router)
+    app.include_router(ui.router)  # the dashboard's static files (app/ui/)
     openapi.install(app)  # a truthful /openapi.json: bearer auth, problem+json errors
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)

@@ -60,7 +60,9 @@ def done_steps(client: httpx.Client, job_id: str) -> int:
 
 def resume(client: httpx.Client, job: dict[str, Any]) -> None:
     r = client.post(f"/v1/jobs/{job['id']}/resume")
-    assert r.status_code == 200 and r.json()["status"] == "queued", r.text
+    # Queued again; a fast worker may have taken it (and even ended it) before the answer was read back.
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] in ("queued", "running") or r.json()["started_at"] != job["started_at"], r.text
 
 
 def test_a_call_that_never_answers_is_preempted_as_stalled_and_the_run_resumes(
