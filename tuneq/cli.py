@@ -12,6 +12,7 @@ from typing import Any
 import typer
 import typer.main
 import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from tuneq import config
@@ -100,7 +101,7 @@ def chat(
             messages.append({"role": "user", "content": text})
             reply = tq.chat(checkpoint, messages, max_tokens=max_tokens, temperature=temperature)
             messages.append({"role": "assistant", "content": reply["message"]["content"]})
-            out.print(f"[bold]{reply['model']}>[/] ", end="")
+            out.print(f"[bold]{escape(reply['model'])}>[/] ", end="")
             out.print(reply["message"]["content"], markup=False)
 
 

@@ -209,7 +209,7 @@ class Client:
         return cast(RenderOut, self._json("POST", f"/v1/artifacts/{artifact_id}/render", params=params))
 
     # -- training outputs ------------------------------------------------------------------------------------
-    def list_checkpoints(self, job_id: str, *, after: int | None = None, limit: int = 100) -> CheckpointsPage:
+    def list_checkpoints(self, job_id: str, *, after: str | None = None, limit: int = 100) -> CheckpointsPage:
         return cast(CheckpointsPage, self._json("GET", f"/v1/jobs/{job_id}/checkpoints",
                                                 params={"after": after, "limit": limit}))
 
@@ -279,7 +279,10 @@ def _retry_after(response: httpx.Response) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):  # neither seconds nor an HTTP date (a proxy's garbage): no hint
+            return None
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 

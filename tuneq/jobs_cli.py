@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
 from tuneq.cli_common import (
     JOB_ENDED_BADLY,
@@ -61,7 +62,7 @@ def list_jobs(
         done = f"{progress.get('done', '')}/{progress.get('total') or '?'}" if progress else ""
         labels = " ".join(f"{k}:{v}" for k, v in job["labels"].items())
         created = job["created_at"][:16].replace("T", " ")
-        table.add_row(job["id"], job["kind"], styled(job["status"]), done, created, labels)
+        table.add_row(job["id"], job["kind"], styled(job["status"]), done, created, escape(labels))
     console().print(table)
 
 
@@ -126,8 +127,7 @@ def _watch_job(tq: Client, job_id: str) -> dict[str, Any]:
                 for name, points in page["series"].items():
                     series.setdefault(name, []).extend(v for _, v in points if v is not None)
                     after_step = max([after_step or 0, *(int(s or 0) for s, _ in points)])
-                checkpoints = tq.list_checkpoints(job_id, limit=100)["data"]
-                checkpoint = dict(checkpoints[-1]) if checkpoints else checkpoint
+                checkpoint = _latest_checkpoint(tq, job_id, checkpoint)
             live.update(job_view(job, series, checkpoint))
             if job["status"] in TERMINAL:
                 break
@@ -151,6 +151,18 @@ def _watch_pipeline(tq: Client, pipeline_id: str, as_json: bool) -> dict[str, An
             live.update(pipeline_view(pipeline))
     _end(out, ending("pipeline", pipeline))
     return pipeline
+
+
+def _latest_checkpoint(tq: Client, job_id: str, known: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's newest checkpoint, paging on from the one already shown (a long run has hundreds)."""
+    after = known["id"] if known else None
+    while True:
+        page = tq.list_checkpoints(job_id, after=after, limit=200)
+        if page["data"]:
+            known = dict(page["data"][-1])
+            after = known["id"]
+        if not page["has_more"]:
+            return known
 
 
 def _end(out: Console, line: str) -> None:

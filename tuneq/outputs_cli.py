@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -29,17 +30,17 @@ def upload(
     as_json: bool = JsonOption,
 ) -> None:
     """Upload a dataset file, streamed, with a progress bar."""
-    with open_client() as tq, _bar(f"upload {path.name}") as bar:
+    with open_client() as tq, _bar(f"upload {escape(path.name)}") as bar:
         task = bar.add_task("upload", total=path.stat().st_size)
         artifact = tq.upload_file(path, name=name, labels=label or None,
                                   on_progress=lambda n: bar.advance(task, n))
-    print_json(artifact) if as_json else console().print(f"uploaded {path.name}: file {artifact['id']}")
+    print_json(artifact) if as_json else console().print(f"uploaded {path.name}: file {artifact['id']}", markup=False)
 
 
 def _artifact_table(rows: list[dict[str, object]]) -> Table:
     table = id_table(rows, "kind", "name", "format", "rows", "bytes", "status")
     for a in rows:
-        table.add_row(*(str(a.get(c) if a.get(c) is not None else "") for c in
+        table.add_row(*(escape(str(a.get(c) if a.get(c) is not None else "")) for c in
                         ("id", "kind", "name", "format", "rows", "bytes", "status")))
     return table
 
@@ -113,7 +114,7 @@ def render(artifact_id: str, row: int = typer.Option(0, help="which row"),
 
 def _cell(value: object) -> str:
     text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 300 else text[:300] + "…"
+    return escape(text if len(text) <= 300 else text[:300] + "…")  # data, not rich markup
 
 
 @checkpoints.command("ls")

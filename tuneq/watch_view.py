@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -55,10 +56,10 @@ def pipeline_view(pipeline: dict[str, Any]) -> Group:
     for column in ("step", "kind", "status", "progress"):
         steps.add_column(column)
     for step in pipeline["steps"]:
-        steps.add_row(step["name"], step["kind"], styled(step["status"]),
+        steps.add_row(escape(step["name"]), step["kind"], styled(step["status"]),
                       progress_line(step.get("progress"), step["status"], with_status=False))
     title = f"pipeline {pipeline['id']}" + (f" ({pipeline['name']})" if pipeline.get("name") else "")
-    return Group(f"{title}: {styled(pipeline['status'])}", steps)
+    return Group(f"{escape(title)}: {styled(pipeline['status'])}", steps)
 
 
 def ending(what: str, thing: dict[str, Any]) -> str:
@@ -66,7 +67,7 @@ def ending(what: str, thing: dict[str, Any]) -> str:
     error = thing.get("error")
     if error is None and what == "pipeline":
         error = next((s["error"] for s in thing["steps"] if s.get("error")), None)
-    message = f": {error['message']}" if error else ""
+    message = f": {escape(error['message'])}" if error else ""
     return f"{what} {thing['id']} {styled(thing['status'])}{message}"
 
 

@@ -43,6 +43,9 @@ class EvaluationSpec(StrictModel):
     def _something_to_evaluate(self) -> EvaluationSpec:
         if not self.include_base and not self.checkpoints and self.training_job is None:
             raise ValueError("nothing to evaluate: give checkpoints or training_job, or set include_base")
+        refs = [str(ref) for ref in self.checkpoints]  # a ref is a model's label: each one once
+        if repeated := sorted({ref for ref in refs if refs.count(ref) > 1}):
+            raise ValueError(f"checkpoints lists {', '.join(repeated)} more than once; give each checkpoint once")
         if self.judge is not None:
             if not self.checkpoints and self.training_job is None:
                 raise ValueError("judge: there is no model to judge; give checkpoints or training_job")

@@ -117,7 +117,8 @@ def _cursor(after: str | None) -> tuple[int, str] | None:
     if after is None:
         return None
     row, sep, model = after.partition(":")
-    if not sep or not row.isdigit() or not model:
+    # ASCII digits only (str.isdigit takes "²"), and a row number SQL can bind
+    if not sep or not (row.isascii() and row.isdigit() and len(row) <= 9) or not model:
         raise InvalidRequest(f"after must be a next_cursor of this route (row:model); {after!r} is not.",
                              errors=[{"loc": ["query", "after"], "msg": "not a cursor"}])
     return int(row), model

@@ -81,7 +81,8 @@ def test_cancel_a_running_job_then_watch_exits_1(tuneq: Tuneq, client: httpx.Cli
 
 def test_upload_then_download_gives_back_the_same_bytes(tuneq: Tuneq, tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(50)))
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(50))
+                    + json.dumps({"prompt": "[INST] hi [/INST]", "completion": "[bold]x[/]"}) + "\n")  # data, not markup
 
     uploaded = tuneq("files", "upload", str(data), "--label", "stage:1", "--json")
     file_id = json.loads(uploaded.stdout)["id"]
@@ -90,12 +91,14 @@ def test_upload_then_download_gives_back_the_same_bytes(tuneq: Tuneq, tmp_path: 
     out.mkdir()
     downloaded = tuneq("artifacts", "download", file_id, str(out / "copy.jsonl"))
     preview = json.loads(tuneq("artifacts", "preview", file_id, "--rows", "2", "--json").stdout)
+    table = tuneq("artifacts", "preview", file_id, "--rows", "51")
 
     assert uploaded.exit_code == 0, uploaded.output
     assert file_id in listed.stdout
     assert downloaded.exit_code == 0, downloaded.output
     assert (out / "copy.jsonl").read_bytes() == data.read_bytes()
     assert [row["prompt"] for row in preview["rows"]] == ["q0", "q1"]
+    assert table.exit_code == 0 and "[INST] hi [/INST]" in table.stdout and "[bold]x[/]" in table.stdout, table.output
 
 
 def test_a_wrong_key_exits_2_with_the_services_message(tuneq: Tuneq, monkeypatch: pytest.MonkeyPatch) -> None:

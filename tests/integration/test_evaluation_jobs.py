@@ -66,6 +66,7 @@ def test_wrong_inputs_are_refused_with_what_to_fix(client: httpx.Client) -> None
         ({"eval_artifact": art, "checkpoints": [state["id"]]}, "spec.checkpoints[0]", "cannot be sampled"),
         ({"eval_artifact": art, "checkpoints": [state["uri"]]}, "spec.checkpoints[0]", "not sampler weights"),
         ({"eval_artifact": art, "checkpoints": ["ckpt_nope"]}, "spec.checkpoints[0]", "no checkpoint"),
+        ({"eval_artifact": art, "checkpoints": ["ckpt_a", "ckpt_a"]}, "lists ckpt_a more than once", ""),
         ({"eval_artifact": art, "training_job": dataset_job_id(client)}, "spec.training_job", "not a training job"),
         ({"eval_artifact": upload["id"]}, "spec.eval_artifact", "not a ChatML dataset"),
         ({"eval_artifact": art, "include_base": False}, "nothing to evaluate", ""),

@@ -92,7 +92,8 @@ def test_samples_page_side_by_side_with_verdicts_and_filters(stack: Stack, fake:
 
     with make_client(stack.base_url) as other:
         assert other.get(f"/v1/jobs/{job['id']}/samples").status_code == 404
-    assert client.get(f"/v1/jobs/{job['id']}/samples", params={"after": "nope"}).status_code == 422
+    for bad in ("nope", "²:base", "99999999999999999999:base"):
+        assert client.get(f"/v1/jobs/{job['id']}/samples", params={"after": bad}).status_code == 422, bad
 
 
 def prompt_only_artifact(client: httpx.Client, prompts: list[str]) -> str:

@@ -21,9 +21,11 @@ def test_a_judges_answer_is_read_tolerantly(answer: str, winner: str) -> None:
     assert parse_verdict(answer)[0] == winner
 
 
-def test_an_answer_without_a_winner_is_a_readable_failure() -> None:
+@pytest.mark.parametrize("answer", ['{"reason": "both fine"}', "Reply B is better. A rambles.", "I prefer b"])
+def test_an_answer_without_a_winner_is_a_readable_failure(answer: str) -> None:
+    """Prose that only suggests a winner is not read as one: a wrong verdict is worse than none."""
     with pytest.raises(ValueError, match="names no winner"):
-        parse_verdict('{"reason": "both fine"}')
+        parse_verdict(answer)
 
 
 def test_the_two_orders_decide_together() -> None:

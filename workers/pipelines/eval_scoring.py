@@ -23,7 +23,7 @@ import numpy as np
 from tinker import types
 
 from app.chat import get_tokenizer, render, render_prompt
-from app.chat.tokenizer import IM_END
+from app.chat.tokenizer import ENDOFTEXT, IM_END
 from app.schemas.evaluation import EvaluationSpec
 from workers.clients.tinker import result_of
 from workers.lease import JobContext
@@ -157,5 +157,5 @@ def collect_samples(futures: list[tuple[int, Any]], label: str, ctx: JobContext)
     replies = []
     for row, future in futures:
         tokens = result_of(future, ctx, f"sample ({label}, conversation {row})").sequences[0].tokens
-        replies.append({"row": row, "model": label, "reply": tokenizer.decode([t for t in tokens if t != IM_END])})
+        replies.append({"row": row, "model": label, "reply": tokenizer.decode([t for t in tokens if t not in (IM_END, ENDOFTEXT)])})
     return replies

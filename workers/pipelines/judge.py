@@ -31,7 +31,9 @@ SYSTEM = ("You are an impartial judge. You compare two assistant replies, A and 
           '{"winner": "A" | "B" | "tie", "reason": "<one short sentence>"}.')
 FLUSH_SECONDS = 1.0
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
-_LOOSE = re.compile(r"(?:winner|verdict|preferred|choice|better)\W{0,5}(?:answer\s*|reply\s*)?([AB]|tie)\b", re.I)
+# Without JSON, only a "winner: B" / "verdict = tie" phrase counts: a looser reading ("B is better. A rambles.")
+# can take the wrong letter, and a wrong verdict is worse than an `error` one.
+_LOOSE = re.compile(r"\b(?:[Ww]inner|[Vv]erdict)\s*[:=]\s*\"?(A|B|[Tt]ie)\b")
 
 
 @dataclass(frozen=True)
