@@ -1,5 +1,5 @@
 """The one place a Tinker ``ServiceClient`` comes from, for the API (chat) and the workers alike
-(docs/tinker-sdk-notes.md; DESIGN.md §6: "all clients come from one factory").
+(docs/tinker-sdk-notes.md; docs/architecture.md, "Parts": it sits in app/ because the API's chat needs it too).
 
 ``make_service_client(settings)`` builds a ``tinker.ServiceClient``. Call it where the client is used, never at
 import time: the SDK runs all its I/O on one process-global event-loop thread, and that thread does not survive

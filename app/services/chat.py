@@ -18,7 +18,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-import tinker
 from sqlalchemy.orm import Session
 from tinker import types
 
@@ -29,11 +28,10 @@ from app.errors import InvalidRequest, NotFound, ServiceUnavailable, TuneqError
 from app.schemas.chat import ChatRequest
 from app.services import training as training_service
 from app.settings import Settings
+from app.tinker_errors import classify_error, from_tinker
 
 SAMPLERS_KEPT = 8  # sampling clients kept open per API process (least recently used goes first)
 CHAT_THREADS = 8  # replies sampled at once per API process; more wait their turn (within their timeout)
-# Tinker statuses that mean the request itself is wrong (a prompt too long, weights it does not know).
-_USER_STATUSES = frozenset({400, 404, 413, 422})
 
 
 class ChatTimeout(TuneqError):
@@ -104,26 +102,11 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[: min(found)], True) if found else (text, False)
 
 
-def _tinker_cause(exc: BaseException) -> BaseException | None:
-    """The SDK's own error in `exc`'s cause chain (it wraps some, e.g. a ValueError raised from an
-    APIStatusError), or None for anything else (a bug: the handlers answer 500)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, tinker.TinkerError):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
-
-
 def _tinker_problem(exc: BaseException) -> TuneqError:
-    """How a failed Tinker call answers: the request's fault is a 422, anything else a 503 to retry."""
-    status = getattr(exc, "status_code", None)
-    user = (isinstance(exc, tinker.RequestFailedError) and str(getattr(exc, "category", "")).lower().endswith("user")
-            or status in _USER_STATUSES)
+    """How a failed Tinker call answers (app/tinker_errors.py): the request's fault is a 422, anything else a 503
+    to retry."""
     message = str(exc)[:300] or type(exc).__name__
-    if user:
+    if classify_error(exc) == "user":
         return InvalidRequest(f"Tinker rejected the request: {message}")
     failure = ServiceUnavailable(f"Tinker could not answer ({type(exc).__name__}: {message}); retry shortly.")
     failure.retry_after = 5
@@ -172,10 +155,9 @@ class ChatSampler:
         except tinker_factory.NotConfigured as exc:
             raise ServiceUnavailable(f"Chat cannot reach Tinker: {exc}") from None
         except Exception as exc:
-            cause = _tinker_cause(exc)
-            if cause is None:
-                raise
-            raise _tinker_problem(cause) from None
+            if not from_tinker(exc):
+                raise  # a bug of ours: the handlers answer 500
+            raise _tinker_problem(exc) from None
         sequence = result.sequences[0]
         text = get_tokenizer().decode([t for t in sequence.tokens if t not in (IM_END, ENDOFTEXT)])
         text, stopped = _cut_at_stop(text, request.stop)
