@@ -37,13 +37,18 @@ def check_spec(session: Session, caller: Caller, kind: str, body: JobCreateBase,
     elif kind == "evaluation" and spec is not None:
         _check_evaluation(session, caller, spec, settings, body.depends_on)
     elif kind == "export" and spec is not None:
-        exports.check_spec(session, caller, spec, settings)
+        _require_tinker(kind, settings)
+        exports.check_spec(session, caller, spec)
 
 
-def _check_tinker(spec: Any, settings: Settings) -> None:
+def _require_tinker(kind: str, settings: Settings) -> None:
     if settings.tinker_api_key is None and settings.tinker_fake is None:
-        raise InvalidRequest("Training and evaluation jobs need TINKER_API_KEY, which this server does not have; "
-                             "ask an operator to set it.", errors=[{"loc": ["body", "kind"], "msg": "no key"}])
+        raise InvalidRequest(f"{kind.capitalize()} jobs need TINKER_API_KEY, which this server does not have; ask an "
+                             "operator to set it.", errors=[{"loc": ["body", "kind"], "msg": "no key"}])
+
+
+def _check_tinker(kind: str, spec: Any, settings: Settings) -> None:
+    _require_tinker(kind, settings)
     if spec.base_model not in settings.supported_base_models:
         raise InvalidRequest(f"spec.base_model: '{spec.base_model}' is not supported here; use one of "
                              f"{', '.join(settings.supported_base_models)}.",
@@ -63,7 +68,7 @@ def _check_chatml(session: Session, caller: Caller, artifact_id: str, name: str,
 
 
 def _check_training(session: Session, caller: Caller, spec: Any, settings: Settings) -> None:
-    _check_tinker(spec, settings)
+    _check_tinker("training", spec, settings)
     if not isinstance(spec.train_artifact, OutputRef):
         _check_chatml(session, caller, spec.train_artifact, "train_artifact", need_rows=True)
     if isinstance(spec.validation_artifact, str):
@@ -90,7 +95,7 @@ def _foreign_path(field: str, uri: str) -> str:
 
 def _check_evaluation(session: Session, caller: Caller, spec: Any, settings: Settings,
                       depends_on: list[str]) -> None:
-    _check_tinker(spec, settings)
+    _check_tinker("evaluation", spec, settings)
     if spec.judge is not None and settings.openrouter_api_key is None:
         raise InvalidRequest("spec.judge: the judge runs over OpenRouter, and this server has no OPENROUTER_API_KEY; "
                              "ask an operator to set it, or submit without judge.",
